@@ -1,0 +1,72 @@
+"""Shared helpers for the Triton kernels (imported lazily: only when a Triton op runs).
+
+``INTERPRET`` records whether our kernels were decorated in interpreter mode. Triton decides that at
+decoration time from ``TRITON_INTERPRET``, so the flag is read once, when this module is imported,
+and every kernel module imports this one first.
+"""
+from __future__ import annotations
+
+import collections
+import os
+
+import torch
+
+try:  # triton >= 3.4
+    from triton import knobs as _knobs
+
+    INTERPRET: bool = bool(_knobs.runtime.interpret)
+except Exception:  # pragma: no cover - older triton
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+__all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "num_sms", "launch_device"]
+
+#: Number of launches per Triton kernel name since import. Tests use it to prove that the Triton
+#: kernels (and not a fallback) actually ran; it costs one dict update per launch.
+LAUNCHES: collections.Counter = collections.Counter()
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """Whether ``tl.dot`` operands must be upcast to fp32.
+
+    fp32 always multiplies in fp32. bf16 is upcast only in the interpreter, whose ``tl.dot`` on bf16
+    operands returns garbage (numpy has no bf16); on a GPU bf16 goes to the tensor cores.
+    """
+    return dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16)
+
+
+def ieee_dot(dtype: torch.dtype) -> bool:
+    """fp32 convolutions multiply in full fp32 (IEEE), not TF32: our fp32 contract is 1e-4 relative."""
+    return dtype == torch.float32
+
+
+_sm_cache: dict = {}
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: few programs, the interpreter is slow per program
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _sm_cache:
+        _sm_cache[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _sm_cache[idx]
+
+
+class launch_device:
+    """Make ``device`` current while launching (Triton launches on the current CUDA device)."""
+
+    def __init__(self, device: torch.device, kernel: str = ""):
+        if kernel:
+            LAUNCHES[kernel] += 1
+        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)

@@ -1,0 +1,1 @@
+"""Benchmark and numerics report behind ``python -m regnet_kernels bench``."""

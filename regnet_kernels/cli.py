@@ -1,0 +1,56 @@
+"""``python -m regnet_kernels {info,check,bench}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from regnet_kernels.info import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env, indent=2, default=str) if args.json else format_environment(env))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from regnet_kernels.selfcheck import run_selfcheck
+
+    return run_selfcheck(backend=args.backend, verbose=True)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from regnet_kernels.benchmark.report import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m regnet_kernels", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="versions, GPUs, and which backends can run here (and why not)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_cmd_info)
+
+    check = sub.add_parser("check", help="quick numerics self-check of the fused ops against eager")
+    check.add_argument("--backend", default="auto", choices=["auto", "eager", "triton", "cuda"])
+    check.set_defaults(func=_cmd_check)
+
+    bench = sub.add_parser("bench", help="benchmark and numerics report (the main job)")
+    from regnet_kernels.benchmark.report import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

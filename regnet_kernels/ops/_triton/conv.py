@@ -1,0 +1,436 @@
+"""Grouped 2-D convolution as implicit GEMM in Triton: forward, data-gradient and weight-gradient.
+
+All three kernels work on NHWC *logic* with arbitrary strides, so NCHW, channels_last and
+non-contiguous tensors are read in place. Small groups are packed block-diagonally into one
+tensor-core tile: a tile of ``BLOCK_N`` output channels spans groups ``g_lo..g_hi``; its reduction
+runs over the input channels of exactly those groups, and the weight operand is zero where the input
+channel's group differs from the output channel's. For group width 8 and ``BLOCK_N = 32`` that is
+four groups in one 32-wide MMA instead of four 16-padded ones.
+
+Fusion hooks:
+- prologue (forward and weight-gradient, on the conv *input*): ``relu((x - pre_mean[c]) * pre_scale[c]
+  + pre_bias[c]) * gate[n, c]`` so that a previous BatchNorm + ReLU and the squeeze-excitation scale are applied as
+  the input is loaded and never written;
+- forward epilogue: ``act((acc - post_mean[c]) * post_scale[c] + post_bias[c])`` (eval BatchNorm in
+  fp32), and
+  per-tile BatchNorm statistics (tile mean and sum of squared deviations about it, combined later with
+  the parallel-variance formula, so large-mean inputs do not cancel).
+
+BatchNorm is always applied as ``(v - mean) * scale + bias``, never as ``v * scale + (bias - mean *
+scale)``: the folded form cancels catastrophically when ``|mean| >> std`` (mean 300, std 1 loses about
+four digits in fp32 and flips ReLU masks).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
+
+
+@triton.jit
+def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr, C_IN,
+                    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr):
+    # a: [ROWS, BLOCK_K] raw input values; returns fp32 values of the *effective* conv input, with
+    # zeros wherever the load was masked (conv zero-padding applies to the effective input).
+    af = a.to(tl.float32)
+    if PRE_AFFINE:
+        m = tl.load(pre_mean_ptr + ci, mask=ci_ok, other=0.0)
+        s = tl.load(pre_scale_ptr + ci, mask=ci_ok, other=0.0)
+        b = tl.load(pre_bias_ptr + ci, mask=ci_ok, other=0.0)
+        af = (af - m[None, :]) * s[None, :] + b[None, :]
+    if PRE_RELU:
+        af = tl.maximum(af, 0.0)
+    if PRE_GATE:
+        g = tl.load(gate_ptr + n_idx[:, None] * C_IN + ci[None, :], mask=a_mask, other=0.0)
+        af = af * g
+    return tl.where(a_mask, af, 0.0)
+
+
+@triton.jit
+def conv_fwd_kernel(
+    x_ptr, wt_ptr, y_ptr,
+    pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr,
+    post_mean_ptr, post_scale_ptr, post_bias_ptr,
+    part_mean_ptr, part_m2_ptr,
+    N, C_IN, H, W, C_OUT, HO, WO,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    CIN_G, COUT_G,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
+    POST_AFFINE: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # wt is the weight permuted to (KH, KW, CIN_G, C_OUT): contiguous along output channels.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    M = N * HO * WO
+
+    # rows of the implicit GEMM = output pixels (n, ho, wo)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    wo = offs_m % WO
+    tmp = offs_m // WO
+    ho = tmp % HO
+    n_idx = tmp // HO
+
+    # columns = output channels; the groups this tile spans decide the reduction range
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_OUT
+    g_lo = n0 // COUT_G
+    g_hi = (tl.minimum(n0 + BLOCK_N, C_OUT) - 1) // COUT_G
+    ci_start = g_lo * CIN_G
+    ci_end = (g_hi + 1) * CIN_G
+    g_of_n = offs_n // COUT_G
+
+    x_base = x_ptr + n_idx.to(tl.int64) * sxn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        hi = ho * STRIDE - PAD + kh
+        h_ok = (hi >= 0) & (hi < H)
+        for kw in tl.static_range(KW):
+            wi = wo * STRIDE - PAD + kw
+            row_ok = m_ok & h_ok & (wi >= 0) & (wi < W)
+            x_row = x_base + hi * sxh + wi * sxw
+            for k0 in range(ci_start, ci_end, BLOCK_K):
+                ci = k0 + tl.arange(0, BLOCK_K)
+                ci_ok = ci < ci_end
+                a_mask = row_ok[:, None] & ci_ok[None, :]
+                a = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=a_mask, other=0.0)
+                if PRE_AFFINE or PRE_RELU or PRE_GATE:
+                    a = _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
+                                        gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
+                    a = a.to(x_ptr.dtype.element_ty)
+                # block-diagonal weight tile: zero where input and output channel groups differ
+                ci_l = ci[:, None] - g_of_n[None, :] * CIN_G
+                b_mask = ci_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
+                b = tl.load(wt_ptr + ((kh * KW + kw) * CIN_G + ci_l) * C_OUT + offs_n[None, :],
+                            mask=b_mask, other=0.0)
+                if DOT_F32:
+                    if IEEE:
+                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(a, b, acc)
+
+    if POST_AFFINE:
+        pm = tl.load(post_mean_ptr + offs_n, mask=n_ok, other=0.0)
+        ps = tl.load(post_scale_ptr + offs_n, mask=n_ok, other=0.0)
+        pb = tl.load(post_bias_ptr + offs_n, mask=n_ok, other=0.0)
+        acc = (acc - pm[None, :]) * ps[None, :] + pb[None, :]
+    if POST_RELU:
+        acc = tl.maximum(acc, 0.0)
+    out = acc.to(y_ptr.dtype.element_ty)
+    mask = m_ok[:, None] & n_ok[None, :]
+    y_row = y_ptr + n_idx.to(tl.int64) * syn + ho * syh + wo * syw
+    tl.store(y_row[:, None] + offs_n[None, :] * syc, out, mask=mask)
+
+    if STATS:
+        # Statistics of the values as stored (what eager BatchNorm would read back), shifted by the
+        # tile's first row so that the sum runs over small deviations: a plain sum of ~100 values of
+        # mean 300 loses several fp32 ulps of the mean. Row 0 is valid in every tile.
+        v = tl.where(mask, out.to(tl.float32), 0.0)
+        cnt = tl.sum(m_ok.to(tl.float32), axis=0)
+        rows = tl.arange(0, BLOCK_M)
+        first = tl.sum(tl.where((rows == 0)[:, None], v, 0.0), axis=0)
+        d = tl.where(mask, v - first[None, :], 0.0)
+        dm = tl.sum(d, axis=0) / cnt
+        t_mean = first + dm
+        e = tl.where(mask, d - dm[None, :], 0.0)
+        t_m2 = tl.sum(e * e, axis=0)
+        tl.store(part_mean_ptr + pid_m * C_OUT + offs_n, t_mean, mask=n_ok)
+        tl.store(part_m2_ptr + pid_m * C_OUT + offs_n, t_m2, mask=n_ok)
+
+
+@triton.jit
+def conv_dgrad_kernel(
+    dy_ptr, wt_ptr, dx_ptr,
+    N, C_IN, H, W, C_OUT, HO, WO,
+    sdn, sdc, sdh, sdw,
+    sxn, sxc, sxh, sxw,
+    CIN_G, COUT_G,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # dx[n, ci, h, w] = sum_{kh, kw, co in group(ci)} dy[n, co, ho, wo] * W[co, ci_l, kh, kw]
+    # with h = ho*STRIDE - PAD + kh. Rows = input pixels, columns = input channels, reduction over
+    # (kh, kw, output channels of the spanned groups). wt is W permuted to (KH, KW, C_OUT, CIN_G).
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    M = N * H * W
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    w_i = offs_m % W
+    tmp = offs_m // W
+    h_i = tmp % H
+    n_idx = tmp // H
+
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)  # input channels
+    n_ok = offs_n < C_IN
+    g_lo = n0 // CIN_G
+    g_hi = (tl.minimum(n0 + BLOCK_N, C_IN) - 1) // CIN_G
+    co_start = g_lo * COUT_G
+    co_end = (g_hi + 1) * COUT_G
+
+    dy_base = dy_ptr + n_idx.to(tl.int64) * sdn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        th = h_i + PAD - kh
+        th_c = tl.maximum(th, 0)
+        ho = th_c // STRIDE
+        h_ok = (th >= 0) & (th_c % STRIDE == 0) & (ho < HO)
+        for kw in tl.static_range(KW):
+            tw = w_i + PAD - kw
+            tw_c = tl.maximum(tw, 0)
+            wo = tw_c // STRIDE
+            row_ok = m_ok & h_ok & (tw >= 0) & (tw_c % STRIDE == 0) & (wo < WO)
+            dy_row = dy_base + ho * sdh + wo * sdw
+            for k0 in range(co_start, co_end, BLOCK_K):
+                co = k0 + tl.arange(0, BLOCK_K)
+                co_ok = co < co_end
+                a = tl.load(dy_row[:, None] + co[None, :] * sdc, mask=row_ok[:, None] & co_ok[None, :], other=0.0)
+                ci_l = offs_n[None, :] - (co[:, None] // COUT_G) * CIN_G
+                b_mask = co_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
+                b = tl.load(wt_ptr + ((kh * KW + kw) * C_OUT + co[:, None]) * CIN_G + ci_l, mask=b_mask, other=0.0)
+                if DOT_F32:
+                    if IEEE:
+                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                    else:
+                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(a, b, acc)
+
+    mask = m_ok[:, None] & n_ok[None, :]
+    dx_row = dx_ptr + n_idx.to(tl.int64) * sxn + h_i * sxh + w_i * sxw
+    tl.store(dx_row[:, None] + offs_n[None, :] * sxc, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def conv_wgrad_kernel(
+    x_ptr, dy_ptr, ws_ptr,
+    pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr,
+    N, C_IN, H, W, C_OUT, HO, WO,
+    sxn, sxc, sxh, sxw,
+    sdn, sdc, sdh, sdw,
+    CIN_G, COUT_G, M_PER_SPLIT,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # dW[co, ci_l, kh, kw] = sum_{n, ho, wo} dy[n, co, ho, wo] * x_eff[n, ci, ho*S - P + kh, wo*S - P + kw]
+    # Tile = (BLOCK_CO output channels) x (BLOCK_CI input channels of the spanned groups) for one tap;
+    # the pixel reduction is split over grid axis 2 (split-K) into an fp32 workspace
+    # ws[split, co, ci_l, kh, kw], summed afterwards (deterministic, no atomics).
+    pid_co = tl.program_id(0)
+    pid_ci = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    tap = pid_z % (KH * KW)
+    split = pid_z // (KH * KW)
+    kh = tap // KW
+    kw = tap % KW
+    M = N * HO * WO
+
+    co0 = pid_co * BLOCK_CO
+    offs_co = co0 + tl.arange(0, BLOCK_CO)
+    co_ok = offs_co < C_OUT
+    g_lo = co0 // COUT_G
+    g_hi = (tl.minimum(co0 + BLOCK_CO, C_OUT) - 1) // COUT_G
+    ci_start = g_lo * CIN_G + pid_ci * BLOCK_CI
+    ci_end = (g_hi + 1) * CIN_G
+    ci = ci_start + tl.arange(0, BLOCK_CI)
+    ci_ok = ci < ci_end
+
+    acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    if ci_start < ci_end:
+        m_lo = split * M_PER_SPLIT
+        m_hi = tl.minimum(m_lo + M_PER_SPLIT, M)
+        for m0 in range(m_lo, m_hi, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < m_hi
+            wo = offs_m % WO
+            tmp = offs_m // WO
+            ho = tmp % HO
+            n_idx = tmp // HO
+            hi = ho * STRIDE - PAD + kh
+            wi = wo * STRIDE - PAD + kw
+            row_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            # dy^T tile [BLOCK_CO, BLOCK_M], loaded transposed directly
+            dy_col = dy_ptr + n_idx.to(tl.int64) * sdn + ho * sdh + wo * sdw
+            a = tl.load(dy_col[None, :] + offs_co[:, None] * sdc, mask=co_ok[:, None] & m_ok[None, :], other=0.0)
+            x_row = x_ptr + n_idx.to(tl.int64) * sxn + hi * sxh + wi * sxw
+            b_mask = row_ok[:, None] & ci_ok[None, :]
+            b = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=b_mask, other=0.0)
+            if PRE_AFFINE or PRE_RELU or PRE_GATE:
+                b = _apply_prologue(b, b_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
+                                    gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
+                b = b.to(x_ptr.dtype.element_ty)
+            if DOT_F32:
+                if IEEE:
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+            else:
+                acc = tl.dot(a, b.to(a.dtype), acc)
+
+    ci_l = ci[None, :] - (offs_co[:, None] // COUT_G) * CIN_G
+    mask = co_ok[:, None] & ci_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
+    ws_off = ((split * C_OUT + offs_co[:, None]).to(tl.int64) * CIN_G + ci_l) * (KH * KW) + tap
+    tl.store(ws_ptr + ws_off, acc, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers
+# ------------------------------------------------------------------------------------------------
+def _out_size(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, device: torch.device) -> tuple:
+    block_n = min(64, max(16, next_pow2(c_out)))
+    span = min(c_out, block_n + cout_g) // cout_g + 1  # groups a tile can span
+    block_k = min(64, max(16, next_pow2(min(span * cin_g, 64))))
+    block_m = 64 if (INTERPRET or M <= 4096) else 128
+    num_warps = 4 if block_m * block_n <= 64 * 64 else 8
+    return block_m, block_n, block_k, num_warps
+
+
+def empty_like_format(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """Allocate ``shape`` in ``t``'s memory format (channels_last stays channels_last)."""
+    cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=fmt)
+
+
+def conv2d_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    padding: int,
+    groups: int,
+    *,
+    pre_affine=None,
+    pre_relu: bool = False,
+    gate=None,
+    post_affine=None,
+    post_relu: bool = False,
+    stats: bool = False,
+    out: torch.Tensor = None,
+):
+    """Launch the fused forward conv. Returns ``(y, part_mean, part_m2, block_m)``.
+
+    ``pre_affine`` / ``post_affine`` are ``(mean, scale, bias)`` fp32 per-channel triples.
+    ``part_*`` are ``(tiles, C_out)`` fp32 per-tile BatchNorm partials when ``stats`` (else None);
+    ``block_m`` is the tile height the finalize step needs to reconstruct tile counts.
+    """
+    N, C_in, H, W = x.shape
+    C_out, cin_g, KH, KW = weight.shape
+    cout_g = C_out // groups
+    HO, WO = _out_size(H, KH, stride, padding), _out_size(W, KW, stride, padding)
+    M = N * HO * WO
+    if out is None:
+        out = empty_like_format(x, (N, C_out, HO, WO))
+    wt = weight.permute(2, 3, 1, 0).contiguous()  # (KH, KW, CIN_G, C_OUT)
+    BM, BN, BK, nw = _fwd_config(M, C_out, cin_g, cout_g, x.device)
+    grid = (triton.cdiv(M, BM), triton.cdiv(C_out, BN))
+    part_mean = part_m2 = None
+    if stats:
+        part_mean = torch.empty((grid[0], C_out), device=x.device, dtype=torch.float32)
+        part_m2 = torch.empty_like(part_mean)
+    dummy = x  # never read when its flag is off
+    with launch_device(x.device, "conv_fwd_kernel"):
+        conv_fwd_kernel[grid](
+            x, wt, out,
+            *(pre_affine if pre_affine is not None else (dummy,) * 3),
+            gate if gate is not None else dummy,
+            *(post_affine if post_affine is not None else (dummy,) * 3),
+            part_mean if stats else dummy, part_m2 if stats else dummy,
+            N, C_in, H, W, C_out, HO, WO,
+            *x.stride(), *out.stride(),
+            cin_g, cout_g,
+            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+            POST_AFFINE=post_affine is not None, POST_RELU=post_relu, STATS=stats,
+            DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
+        )
+    return out, part_mean, part_m2, BM
+
+
+def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, padding: int, groups: int,
+                 like: torch.Tensor) -> torch.Tensor:
+    """Gradient of the conv input; allocated in ``like``'s memory format and dtype."""
+    N, C_in, H, W = x_shape
+    C_out, cin_g, KH, KW = weight.shape
+    cout_g = C_out // groups
+    HO, WO = dy.shape[2], dy.shape[3]
+    dx = empty_like_format(like, (N, C_in, H, W), dtype=like.dtype)
+    wt = weight.permute(2, 3, 0, 1).contiguous()  # (KH, KW, C_OUT, CIN_G)
+    M = N * H * W
+    BM, BN, BK, nw = _fwd_config(M, C_in, cout_g, cin_g, dy.device)
+    grid = (triton.cdiv(M, BM), triton.cdiv(C_in, BN))
+    with launch_device(dy.device, "conv_dgrad_kernel"):
+        conv_dgrad_kernel[grid](
+            dy, wt, dx,
+            N, C_in, H, W, C_out, HO, WO,
+            *dy.stride(), *dx.stride(),
+            cin_g, cout_g,
+            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+            DOT_F32=dot_in_fp32(dy.dtype), IEEE=ieee_dot(dy.dtype),
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
+        )
+    return dx
+
+
+def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, padding: int, groups: int,
+                 *, pre_affine=None, pre_relu: bool = False, gate=None) -> torch.Tensor:
+    """Gradient of the conv weight, fp32, shape ``weight_shape``."""
+    N, C_in, H, W = x.shape
+    C_out, cin_g, KH, KW = weight_shape
+    cout_g = C_out // groups
+    HO, WO = dy.shape[2], dy.shape[3]
+    M = N * HO * WO
+    BCO = min(64, max(16, next_pow2(C_out)))
+    span = min(C_out, BCO + cout_g) // cout_g + 1
+    BCI = min(64, max(16, next_pow2(min(span * cin_g, 64))))
+    BM = 32 if INTERPRET else 64
+    n_co = triton.cdiv(C_out, BCO)
+    # widest input-channel range any output tile spans, in BLOCK_CI chunks
+    max_ci = 0
+    for t in range(n_co):
+        c0, c1 = t * BCO, min((t + 1) * BCO, C_out) - 1
+        max_ci = max(max_ci, (c1 // cout_g - c0 // cout_g + 1) * cin_g)
+    n_ci = triton.cdiv(max_ci, BCI)
+    base_programs = n_co * n_ci * KH * KW
+    target = 4 * num_sms(x.device)
+    split = max(1, min(triton.cdiv(M, BM * 4), triton.cdiv(target, base_programs)))
+    if INTERPRET:
+        split = min(split, 2)
+    m_per_split = triton.cdiv(triton.cdiv(M, split), BM) * BM
+    split = triton.cdiv(M, m_per_split)
+    # every (split, co, ci_l, tap) entry is written by exactly one program
+    ws = torch.empty((split, C_out, cin_g, KH, KW), device=x.device, dtype=torch.float32)
+    grid = (n_co, n_ci, KH * KW * split)
+    dummy = x
+    with launch_device(x.device, "conv_wgrad_kernel"):
+        conv_wgrad_kernel[grid](
+            x, dy, ws,
+            *(pre_affine if pre_affine is not None else (dummy,) * 3),
+            gate if gate is not None else dummy,
+            N, C_in, H, W, C_out, HO, WO,
+            *x.stride(), *dy.stride(),
+            cin_g, cout_g, m_per_split,
+            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+            DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
+            BLOCK_CO=BCO, BLOCK_CI=BCI, BLOCK_M=BM, num_warps=4,
+        )
+    return ws[0] if split == 1 else ws.sum(0)

@@ -1,0 +1,433 @@
+"""Fused ``act(BatchNorm(conv2d(x, W)))`` as torch.library custom ops, with a public functional.
+
+Ops (namespace ``regnet_kernels``):
+
+- ``conv_bn_act_train``: batch statistics; returns ``(out, y, mean, invstd, var_unbiased)``;
+  backward is its own op ``conv_bn_act_train_backward``.
+- ``conv_bn_act_eval``: BatchNorm folded from running statistics; backward
+  ``conv_bn_act_eval_backward``.
+- ``bn_update_running_stats``: the in-place running-statistics update (a separate op because an op
+  with an autograd formula must not mutate its inputs).
+
+Each op takes a ``backend`` string (``"eager"``, ``"triton"``, ``"cuda"`` or ``"auto"``); the public
+functional resolves it once (see :mod:`regnet_kernels.backends`) so a compiled graph records the
+concrete choice.
+"""
+# NOTE: no ``from __future__ import annotations`` here: torch.library infers op schemas from the
+# annotations and needs them as real types.
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from regnet_kernels import backends as _backends
+from regnet_kernels.ops.conv_bn_act import reference as _ref
+from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
+
+__all__ = ["conv_bn_act", "OP_NAME"]
+
+OP_NAME = "conv_bn_act"
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _kernel_dtype_check(tensors) -> Optional[str]:
+    for t in tensors:
+        if t.dtype not in _KERNEL_DTYPES:
+            return f"kernels support float16, bfloat16 and float32, got {t.dtype}"
+    return None
+
+
+_backends.register_op_check(OP_NAME, "triton", _kernel_dtype_check)
+_backends.register_op_check(OP_NAME, "cuda", _kernel_dtype_check)
+
+
+def _impl(backend: str, tensors):
+    """The implementation module for ``backend`` (resolving ``auto``)."""
+    name = _backends.resolve(OP_NAME, tensors, backend)
+    if name == "eager":
+        return _ref
+    if name == "triton":
+        from regnet_kernels.ops.conv_bn_act import triton as _tri
+
+        return _tri
+    from regnet_kernels.ops.conv_bn_act import cuda as _cu  # pragma: no cover - needs a GPU
+
+    return _cu
+
+
+def _out_hw(size: int, k: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _empty_out(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    N, _, H, W = x.shape
+    C, _, KH, KW = weight.shape
+    shape = (N, C, _out_hw(H, KH, stride, padding), _out_hw(W, KW, stride, padding))
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
+
+
+def _check(x, weight, gamma, beta, stride, padding, groups, *, training: bool, running=()) -> None:
+    """Raise an error naming the problem for inputs no backend may run."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError("conv_bn_act: x and weight must be tensors")
+    if x.dim() != 4:
+        raise ValueError(f"conv_bn_act: expected a 4-D input (N, C, H, W), got a {x.dim()}-D tensor of shape "
+                         f"{tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"conv_bn_act: expected a 4-D weight (C_out, C_in/groups, kH, kW), got shape "
+                         f"{tuple(weight.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"conv_bn_act: input dtype must be floating point (float16, bfloat16, float32, float64), "
+                        f"got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"conv_bn_act: input and weight dtypes differ ({x.dtype} vs {weight.dtype}); cast one, or "
+                        f"run under torch.autocast")
+    if groups < 1 or x.shape[1] % groups or weight.shape[0] % groups:
+        raise ValueError(f"conv_bn_act: groups={groups} must divide both input channels ({x.shape[1]}) and output "
+                         f"channels ({weight.shape[0]})")
+    if weight.shape[1] * groups != x.shape[1]:
+        raise ValueError(f"conv_bn_act: input has {x.shape[1]} channels but the weight expects "
+                         f"{weight.shape[1] * groups} (weight.shape[1]={weight.shape[1]} x groups={groups})")
+    if stride < 1 or padding < 0:
+        raise ValueError(f"conv_bn_act: stride must be >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}")
+    C = weight.shape[0]
+    for name, t in (("bn weight", gamma), ("bn bias", beta)) + tuple(running):
+        if t is None:
+            continue
+        if t.shape != (C,):
+            raise ValueError(f"conv_bn_act: {name} must have shape ({C},) for {C} output channels, got "
+                             f"{tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"conv_bn_act: {name} must be floating point, got {t.dtype}")
+    devices = {t.device for t in (x, weight, gamma, beta) + tuple(r for _, r in running) if t is not None}
+    if len(devices) > 1:
+        raise RuntimeError("conv_bn_act: all tensors must be on the same device, got "
+                           + ", ".join(sorted(str(d) for d in devices)))
+    KH, KW = weight.shape[2], weight.shape[3]
+    HO, WO = _out_hw(x.shape[2], KH, stride, padding), _out_hw(x.shape[3], KW, stride, padding)
+    if HO < 1 or WO < 1:
+        raise ValueError(f"conv_bn_act: input {tuple(x.shape[2:])} is too small for a {KH}x{KW} kernel with "
+                         f"padding {padding}")
+    if training and x.shape[0] * HO * WO <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got output size "
+                         f"{(x.shape[0], C, HO, WO)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training mode
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("regnet_kernels::conv_bn_act_train", mutates_args=())
+def _train_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check(x, weight, gamma, beta, stride, padding, groups, training=True)
+    impl = _impl(backend, (x, weight, gamma, beta))
+    return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu)
+
+
+@_train_op.register_fake
+def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, backend):
+    _check(x, weight, gamma, beta, stride, padding, groups, training=True)
+    out = _empty_out(x, weight, stride, padding)
+    C = weight.shape[0]
+    stat_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stats = [x.new_empty((C,), dtype=stat_dtype) for _ in range(3)]
+    return out, torch.empty_like(out), *stats
+
+
+@torch.library.custom_op("regnet_kernels::conv_bn_act_train_backward", mutates_args=())
+def _train_bwd_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    groups: int,
+    relu: bool,
+    output_mask: List[bool],
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    impl = _impl(backend, (grad_out, x, weight, y, gamma, beta))
+    grads = impl.conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding,
+                                            groups, relu, output_mask)
+    return _fill_grads(grads, x, weight, gamma, beta)
+
+
+def _fill_grads(grads, x, weight, gamma, beta):
+    # custom ops cannot return None: gradients nobody asked for come back as empty tensors
+    # (each a distinct tensor: op outputs may not alias each other)
+    dx, dw, dg, db = grads
+    return (dx if dx is not None else x.new_empty((0,)),
+            dw if dw is not None else weight.new_empty((0,)),
+            dg if dg is not None else x.new_empty((0,), dtype=torch.float32),
+            db if db is not None else x.new_empty((0,), dtype=torch.float32))
+
+
+def _fake_grads(x, weight, gamma, beta, output_mask):
+    dx = torch.empty_like(x, memory_format=out_memory_format(x)) if output_mask[0] else x.new_empty((0,))
+    dw = (torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1]
+          else weight.new_empty((0,)))
+    dg = (torch.empty_like(gamma) if (gamma is not None and output_mask[2])
+          else x.new_empty((0,), dtype=torch.float32))
+    db = (torch.empty_like(beta) if (beta is not None and output_mask[3])
+          else x.new_empty((0,), dtype=torch.float32))
+    return dx, dw, dg, db
+
+
+@_train_bwd_op.register_fake
+def _(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, output_mask, backend):
+    return _fake_grads(x, weight, gamma, beta, output_mask)
+
+
+def _train_setup_context(ctx, inputs, output):
+    x, weight, gamma, beta, stride, padding, groups, eps, relu, backend = inputs
+    out, y, mean, invstd, var_unb = output
+    ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
+    ctx.conf = (stride, padding, groups, relu, backend)
+    ctx.mark_non_differentiable(y, mean, invstd, var_unb)
+
+
+def _unfill(t: torch.Tensor, wanted: bool):
+    return t if wanted and t.numel() > 0 else None
+
+
+def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
+    x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
+    stride, padding, groups, relu, backend = ctx.conf
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+    if grad_out is None or not any(mask):
+        return (None,) * 10
+    dx, dw, dg, db = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups,
+                                   relu, mask, backend)
+    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3]),
+            None, None, None, None, None, None)
+
+
+_train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eval mode
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("regnet_kernels::conv_bn_act_eval", mutates_args=())
+def _eval_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+    backend: str,
+) -> torch.Tensor:
+    _check(x, weight, gamma, beta, stride, padding, groups, training=False,
+           running=(("running_mean", running_mean), ("running_var", running_var)))
+    impl = _impl(backend, (x, weight, gamma, beta, running_mean, running_var))
+    return impl.conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps,
+                                 relu)
+
+
+@_eval_op.register_fake
+def _(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu, backend):
+    _check(x, weight, gamma, beta, stride, padding, groups, training=False,
+           running=(("running_mean", running_mean), ("running_var", running_var)))
+    return _empty_out(x, weight, stride, padding)
+
+
+@torch.library.custom_op("regnet_kernels::conv_bn_act_eval_backward", mutates_args=())
+def _eval_bwd_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+    output_mask: List[bool],
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    impl = _impl(backend, (grad_out, x, weight, out, gamma, beta))
+    grads = impl.conv_bn_act_eval_backward(grad_out, x, weight, out, gamma, beta, running_mean, running_var,
+                                           stride, padding, groups, eps, relu, output_mask)
+    return _fill_grads(grads, x, weight, gamma, beta)
+
+
+@_eval_bwd_op.register_fake
+def _(grad_out, x, weight, out, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu,
+      output_mask, backend):
+    return _fake_grads(x, weight, gamma, beta, output_mask)
+
+
+def _eval_setup_context(ctx, inputs, output):
+    x, weight, gamma, beta, rm, rv, stride, padding, groups, eps, relu, backend = inputs
+    ctx.save_for_backward(x, weight, output, gamma, beta, rm, rv)
+    ctx.conf = (stride, padding, groups, eps, relu, backend)
+
+
+def _eval_backward(ctx, grad_out):
+    x, weight, out, gamma, beta, rm, rv = ctx.saved_tensors
+    stride, padding, groups, eps, relu, backend = ctx.conf
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+    if grad_out is None or not any(mask):
+        return (None,) * 12
+    dx, dw, dg, db = _eval_bwd_op(grad_out, x, weight, out, gamma, beta, rm, rv, stride, padding, groups, eps,
+                                  relu, mask, backend)
+    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3])) + (None,) * 8
+
+
+_eval_op.register_autograd(_eval_backward, setup_context=_eval_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running statistics
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("regnet_kernels::bn_update_running_stats", mutates_args=("running_mean", "running_var"))
+def _update_op(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+    mean: torch.Tensor,
+    var_unbiased: torch.Tensor,
+    momentum: float,
+    cumulative: bool,
+    backend: str,
+) -> None:
+    impl = _impl(backend, (running_mean, running_var, mean, var_unbiased))
+    impl.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var_unbiased, momentum,
+                              cumulative)
+
+
+@_update_op.register_fake
+def _(running_mean, running_var, num_batches_tracked, mean, var_unbiased, momentum, cumulative, backend):
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Public functional
+# ------------------------------------------------------------------------------------------------
+def _single(v: Union[int, Tuple[int, int], List[int]], name: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"conv_bn_act: {name} must be an int or an equal pair, got {v}")
+        return int(v[0])
+    return int(v)
+
+
+def _activation(activation: Optional[str]) -> bool:
+    if activation in (None, "none", "identity"):
+        return False
+    if activation == "relu":
+        return True
+    raise ValueError(f"conv_bn_act: activation must be 'relu' or None, got {activation!r}")
+
+
+def conv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bn_weight: Optional[torch.Tensor] = None,
+    bn_bias: Optional[torch.Tensor] = None,
+    running_mean: Optional[torch.Tensor] = None,
+    running_var: Optional[torch.Tensor] = None,
+    *,
+    num_batches_tracked: Optional[torch.Tensor] = None,
+    stride: Union[int, Tuple[int, int]] = 1,
+    padding: Optional[Union[int, Tuple[int, int]]] = None,
+    groups: int = 1,
+    training: bool = True,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    activation: Optional[str] = "relu",
+    backend: Optional[str] = "auto",
+) -> torch.Tensor:
+    """Fused ``act(batch_norm(conv2d(x, weight)))``: one op forward and backward.
+
+    Args:
+        x: ``(N, C_in, H, W)`` float16 / bfloat16 / float32 (float64 on the eager backend), any
+            memory format (NCHW, channels_last or strided); CPU or CUDA.
+        weight: ``(C_out, C_in / groups, kH, kW)``, same dtype as ``x`` (under ``torch.autocast`` both are
+            cast to the autocast dtype, as ``conv2d`` would be).
+        bn_weight, bn_bias: BatchNorm affine ``gamma, beta``, ``(C_out,)``, usually float32; None means
+            ``gamma = 1``, ``beta = 0``.
+        running_mean, running_var: ``(C_out,)`` BatchNorm buffers. In training they are updated in place
+            when given (``track_running_stats``); in eval they are required.
+        num_batches_tracked: int64 scalar buffer; incremented in training when the running statistics
+            are given, as ``nn.BatchNorm2d`` does, and used for the cumulative average when
+            ``momentum is None``.
+        stride, padding, groups: the conv's. ``padding`` defaults to ``kH // 2``. Dilation is 1.
+        training: batch statistics (True) or running statistics folded into the conv (False).
+        momentum, eps: BatchNorm's.
+        activation: ``"relu"`` or ``None``.
+        backend: ``"auto"``, ``"eager"``, ``"triton"`` or ``"cuda"`` (see :mod:`regnet_kernels.backends`).
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` in ``x``'s dtype (the autocast dtype under autocast) and memory format.
+
+    Equivalent PyTorch:
+        ``relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, 1, groups), running_mean,
+        running_var, bn_weight, bn_bias, training, momentum, eps))``
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError("conv_bn_act: x and weight must be tensors")
+    relu = _activation(activation)
+    stride_i = _single(stride, "stride")
+    if padding is None:
+        padding = weight.shape[-1] // 2 if weight.dim() == 4 else 0
+    padding_i = _single(padding, "padding")
+    dev_type = x.device.type
+    if torch.is_autocast_enabled(dev_type):
+        dt = torch.get_autocast_dtype(dev_type)
+        if x.is_floating_point() and x.dtype != dt:
+            x = x.to(dt)
+        if weight.is_floating_point() and weight.dtype != dt:
+            weight = weight.to(dt)
+    cumulative = momentum is None
+    if cumulative and training and running_mean is not None and num_batches_tracked is None:
+        raise ValueError("conv_bn_act: momentum=None (cumulative average) needs num_batches_tracked")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("conv_bn_act: eval mode (training=False) needs running_mean and running_var; pass "
+                         "training=True to normalise with batch statistics")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("conv_bn_act: pass both running_mean and running_var, or neither")
+    _check(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups, training=training,
+           running=(("running_mean", running_mean), ("running_var", running_var)))
+    be = _backends.resolve(OP_NAME, (x, weight, bn_weight, bn_bias, running_mean, running_var), backend)
+
+    if not training:
+        return _eval_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride_i, padding_i, groups,
+                        float(eps), relu, be)
+    out, _y, mean, _invstd, var_unb = _train_op(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups,
+                                                float(eps), relu, be)
+    if running_mean is not None:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        _update_op(running_mean, running_var, num_batches_tracked if cumulative else None, mean.detach(),
+                   var_unb.detach(), 0.0 if cumulative else float(momentum), cumulative, be)
+    return out
+

@@ -1,0 +1,200 @@
+"""Eager PyTorch reference for the fused conv + BatchNorm + activation op.
+
+This is the specification: the Triton and CUDA backends are tested against it, and it is the
+``eager`` backend (the CPU path). It follows ``nn.Conv2d`` -> ``nn.BatchNorm2d`` -> ``nn.ReLU``
+exactly, with BatchNorm arithmetic in fp32 whatever the activation dtype (as cuDNN does), and is itself
+checked against stock ``torch.nn`` in float64 by the tests.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def out_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` is laid out channels-last (and not also plain contiguous)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """BatchNorm arithmetic dtype: fp32 for fp16/bf16/fp32 activations, fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scale(gamma: Optional[torch.Tensor], invstd: torch.Tensor) -> torch.Tensor:
+    return invstd if gamma is None else gamma.to(invstd.dtype) * invstd
+
+
+def _bn_apply(yf, mean, scale, beta):
+    # (y - mean) * scale + beta, never y * scale + (beta - mean * scale): the folded form cancels
+    # catastrophically when |mean| >> std
+    z = (yf - _bcast(mean)) * _bcast(scale)
+    return z if beta is None else z + _bcast(beta.to(z.dtype))
+
+
+def _bcast(v: torch.Tensor) -> torch.Tensor:
+    return v[None, :, None, None]
+
+
+def conv_bn_act_train(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+):
+    """Training-mode forward (batch statistics).
+
+    Returns ``(out, y, mean, invstd, var_unbiased)``: ``out = act(BN(y))`` in ``x.dtype``, ``y`` the
+    pre-BN conv output (saved for backward), and fp32 per-channel ``mean``, ``invstd = 1/sqrt(var +
+    eps)`` with the biased batch variance, and the unbiased variance for the running estimate.
+    """
+    fmt = out_memory_format(x)
+    y = F.conv2d(x, weight, None, stride, padding, 1, groups).contiguous(memory_format=fmt)
+    yf = y.to(_acc_dtype(y.dtype))
+    var, mean = torch.var_mean(yf, dim=(0, 2, 3), unbiased=False)
+    count = y.numel() // y.shape[1]
+    invstd = torch.rsqrt(var + eps)
+    var_unb = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("nan"))
+    z = _bn_apply(yf, mean, _scale(gamma, invstd), beta)
+    if relu:
+        z = torch.relu(z)
+    out = z.to(x.dtype).contiguous(memory_format=fmt)
+    return out, y, mean, invstd, var_unb
+
+
+def conv_bn_act_train_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    groups: int,
+    relu: bool,
+    output_mask: Sequence[bool],
+):
+    """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
+    yf = y.to(_acc_dtype(y.dtype))
+    g = grad_out.to(yf.dtype)
+    scale = _scale(gamma, invstd)
+    if relu:
+        g = torch.where(_bn_apply(yf, mean, scale, beta) > 0, g, torch.zeros_like(g))
+    xhat = (yf - _bcast(mean)) * _bcast(invstd)
+    sum_dz = g.sum(dim=(0, 2, 3))
+    sum_dzx = (g * xhat).sum(dim=(0, 2, 3))
+    count = y.numel() // y.shape[1]
+    dy = _bcast(scale) * (g - _bcast(sum_dz / count) - xhat * _bcast(sum_dzx / count))
+    dy = dy.to(x.dtype)
+    dx = dw = None
+    if output_mask[0] or output_mask[1]:
+        dx, dw, _ = torch.ops.aten.convolution_backward(
+            dy, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups,
+            [bool(output_mask[0]), bool(output_mask[1]), False],
+        )
+    if dx is not None:
+        dx = dx.contiguous(memory_format=out_memory_format(x))
+    dgamma = sum_dzx.to(gamma.dtype) if (gamma is not None and output_mask[2]) else None
+    dbeta = sum_dz.to(beta.dtype) if (beta is not None and output_mask[3]) else None
+    return dx, dw, dgamma, dbeta
+
+
+
+
+def conv_bn_act_eval(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+) -> torch.Tensor:
+    """Eval-mode forward: ``act((conv(x) - running_mean) * gamma / sqrt(running_var + eps) + beta)``."""
+    fmt = out_memory_format(x)
+    y = F.conv2d(x, weight, None, stride, padding, 1, groups)
+    acc = _acc_dtype(x.dtype)
+    invstd = torch.rsqrt(running_var.to(acc) + eps)
+    z = _bn_apply(y.to(acc), running_mean.to(acc), _scale(gamma, invstd), beta)
+    if relu:
+        z = torch.relu(z)
+    return z.to(x.dtype).contiguous(memory_format=fmt)
+
+
+def conv_bn_act_eval_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    stride: int,
+    padding: int,
+    groups: int,
+    eps: float,
+    relu: bool,
+    output_mask: Sequence[bool],
+):
+    """Gradients ``(dx, dweight, dgamma, dbeta)`` of the eval-mode op.
+
+    With ``z = conv(x, W) * s + t``, ``s = gamma * invstd``, ``t = beta - mean * s``:
+    ``dW = s * wgrad(x, dz)``, ``ds = sum(W * wgrad(x, dz)) - mean * sum(dz)`` (no need to keep the
+    conv output), ``dgamma = ds * invstd``, ``dbeta = sum(dz)``.
+    """
+    acc = _acc_dtype(x.dtype)
+    g = grad_out.to(acc)
+    if relu:
+        g = torch.where(out > 0, g, torch.zeros_like(g))
+    invstd = torch.rsqrt(running_var.to(acc) + eps)
+    scale = _scale(gamma, invstd)
+    sum_dz = g.sum(dim=(0, 2, 3))
+    need_wf = output_mask[1] or (gamma is not None and output_mask[2])
+    dx = dwf = None
+    if output_mask[0]:
+        dx = torch.ops.aten.convolution_backward(
+            (g * _bcast(scale)).to(x.dtype), x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
+            [0, 0], groups, [True, False, False],
+        )[0].contiguous(memory_format=out_memory_format(x))
+    if need_wf:
+        dwf = torch.ops.aten.convolution_backward(
+            g.to(x.dtype), x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups,
+            [False, True, False],
+        )[1].to(acc)
+    dw = (dwf * scale[:, None, None, None]).to(weight.dtype) if output_mask[1] else None
+    dgamma = dbeta = None
+    if gamma is not None and output_mask[2]:
+        ds = (dwf * weight.to(acc)).sum(dim=(1, 2, 3)) - running_mean.to(acc) * sum_dz
+        dgamma = (ds * invstd).to(gamma.dtype)
+    if beta is not None and output_mask[3]:
+        dbeta = sum_dz.to(beta.dtype)
+    return dx, dw, dgamma, dbeta
+
+
+def update_running_stats(running_mean, running_var, num_batches_tracked, mean, var_unb, momentum: float,
+                         cumulative: bool) -> None:
+    """In place: ``running = (1 - f) * running + f * batch``, ``f = momentum`` or ``1/num_batches``."""
+    acc = mean.dtype
+    if cumulative:
+        f = 1.0 / num_batches_tracked.to(acc)
+    else:
+        f = torch.tensor(momentum, dtype=acc, device=mean.device)
+    running_mean.copy_((1 - f) * running_mean.to(acc) + f * mean)
+    running_var.copy_((1 - f) * running_var.to(acc) + f * var_unb)
