@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${REGNET_KERNELS_VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 TORCH_PIN="${REGNET_KERNELS_TORCH:-torch==2.13.0}"
-PIP_QUIET="${PIP_QUIET:--q}"
+RK_PIP_FLAGS="${RK_PIP_FLAGS:--q}"
 
 _log() { echo "[regnet_kernels env] $*" >&2; }
 
@@ -34,18 +34,18 @@ _stamp="$VENV/.regnet-kernels-${_extras//,/-}-$_hash"
 if [ ! -f "$_stamp" ]; then
     if ! "$PY" -c "import torch" 2>/dev/null; then
         _log "installing $TORCH_PIN"
-        "$PY" -m pip install $PIP_QUIET "$TORCH_PIN"
+        "$PY" -m pip install $RK_PIP_FLAGS "$TORCH_PIN"
     fi
     _log "installing regnet_kernels[$_extras] (editable)"
-    "$PY" -m pip install $PIP_QUIET -e "$ROOT[$_extras]"
+    "$PY" -m pip install $RK_PIP_FLAGS -e "$ROOT[$_extras]"
     if [[ ",$_extras," == *",test,"* ]]; then
         # torchvision and timm are test oracles only (never runtime dependencies). Their
         # PyPI wheels would drag in a CUDA torch, so install them without dependencies and
         # add the few pure-Python packages they import.
         if ! "$PY" -c "import torchvision, timm" 2>/dev/null; then
             _log "installing torchvision + timm (--no-deps) as test oracles"
-            "$PY" -m pip install $PIP_QUIET pillow pyyaml huggingface_hub safetensors || true
-            "$PY" -m pip install $PIP_QUIET --no-deps torchvision timm || _log "torchvision/timm unavailable: their tests will skip"
+            "$PY" -m pip install $RK_PIP_FLAGS pillow pyyaml huggingface_hub safetensors || true
+            "$PY" -m pip install $RK_PIP_FLAGS --no-deps torchvision timm || _log "torchvision/timm unavailable: their tests will skip"
         fi
     fi
     rm -f "$VENV"/.regnet-kernels-"${_extras//,/-}"-*
