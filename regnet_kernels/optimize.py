@@ -12,8 +12,10 @@ Recognised today:
   ``Sequential.forward``, e.g. torchvision's ``Conv2dNormActivation``) whose children are exactly
   ``[Conv2d, BatchNorm2d]`` or ``[Conv2d, BatchNorm2d, ReLU | Identity]``; timm's ``ConvNormAct``
   (children ``conv`` and ``bn``, the BatchNorm carrying ``act`` and ``drop``, no anti-aliasing).
-- whole RegNet bottleneck blocks and squeeze-excitation modules (see :mod:`regnet_kernels.nn`), where
-  registered by :func:`register_matcher`.
+- whole RegNet bottleneck blocks: torchvision's / our zoo's ``ResBottleneckBlock`` and timm's RegNet
+  ``Bottleneck`` (:class:`regnet_kernels.nn.FusedBottleneck`); inside them the conv-BN-ReLU pieces and
+  the SE module are fused too, for the calls a whole-block kernel cannot take;
+- squeeze-excitation modules elsewhere (torchvision ``SqueezeExcitation``, timm ``SEModule``).
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ from typing import Callable, List, Optional, Tuple
 from torch import nn
 
 from regnet_kernels import backends as _backends
+from regnet_kernels.nn.bottleneck import match_bottleneck
 from regnet_kernels.nn.conv_bn_act import (
     FusedConvBNAct2d,
     activation_name,
     bn_unsupported_reason,
     conv_unsupported_reason,
 )
+from regnet_kernels.nn.squeeze_excite import FusedSqueezeExcite, se_structure
 
 __all__ = ["optimize", "restore", "FusionReport", "fusion_report", "register_matcher", "is_fused"]
 
@@ -111,7 +115,16 @@ def _match_conv_norm_act(m: nn.Module, backend: str):
     return FusedConvBNAct2d(conv, bn, act, names=("conv", "bn"), extra_children=extra, backend=backend), None
 
 
-_MATCHERS: List[Matcher] = [_match_sequential, _match_conv_norm_act]
+def _match_squeeze_excite(m: nn.Module, backend: str):
+    """torchvision ``SqueezeExcitation`` / timm ``SEModule`` outside a fused block."""
+    names, reason = se_structure(m)
+    if names is None:
+        return None, reason
+    return FusedSqueezeExcite(m, backend=backend), None
+
+
+# block-level first: a whole bottleneck beats its per-op pieces
+_MATCHERS: List[Matcher] = [match_bottleneck, _match_sequential, _match_conv_norm_act, _match_squeeze_excite]
 
 
 def register_matcher(matcher: Matcher, *, first: bool = True) -> None:

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from regnet_kernels.ops._triton.common import cast_to
 from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
 
 
@@ -115,21 +116,23 @@ def bn_act_kernel(
     if RELU:
         z = tl.maximum(z, 0.0)
     tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + offs_c[None, :] * s_oc,
-             z.to(out_ptr.dtype.element_ty), mask=mask)
+             cast_to(z, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def bn_bwd_reduce_kernel(
-    dout_ptr, src_ptr, dz_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr,
-    part_dz_ptr, part_dzx_ptr, M, C, HW,
+    dout_ptr, src_ptr, dz_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, gate_ptr, dpool_ptr,
+    part_dz_ptr, part_dzx_ptr, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_sn, s_sc, s_shw, s_zn, s_zc, s_zhw,
     RELU: tl.constexpr, TRAIN: tl.constexpr, WRITE_DZ: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dz = dout * relu'(z): in training z = (y - mean)*scale + bias is recomputed from the saved pre-BN
     # conv output y (src); in eval src is the saved output (relu' = out > 0). Per-tile partial sums
     # of dz and (training) dz * xhat with xhat = (y - mean) * invstd: dbeta and dgamma, and the two
-    # reductions BatchNorm's input gradient needs.
+    # reductions BatchNorm's input gradient needs. Inside a fused block the incoming gradient first goes
+    # through the squeeze-excitation scale: dout * gate[n, c] + dpooled[n, c] / HW.
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -141,6 +144,10 @@ def bn_bwd_reduce_kernel(
     mask = m_ok[:, None] & c_ok[None, :]
     g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
     g = g.to(tl.float32)
+    if HAS_GATE:
+        g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+    if HAS_DPOOL:
+        g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
     v = tl.load(src_ptr + (n * s_sn + hw * s_shw)[:, None] + offs_c[None, :] * s_sc, mask=mask, other=0.0)
     v = v.to(tl.float32)
     if TRAIN:
@@ -160,15 +167,16 @@ def bn_bwd_reduce_kernel(
     tl.store(part_dz_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=c_ok)
     if WRITE_DZ:
         tl.store(dz_ptr + (n * s_zn + hw * s_zhw)[:, None] + offs_c[None, :] * s_zc,
-                 g.to(dz_ptr.dtype.element_ty), mask=mask)
+                 cast_to(g, dz_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def bn_bwd_dy_kernel(
     dout_ptr, y_ptr, dy_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, sum_dz_ptr, sum_dzx_ptr,
-    inv_count, M, C, HW,
+    gate_ptr, dpool_ptr, inv_count, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_yn, s_yc, s_yhw, s_dn, s_dc, s_dhw,
-    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    RELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Gradient w.r.t. the pre-BN conv output (batch statistics):
     #   dy = scale * (dz - mean(dz) - xhat * mean(dz * xhat)),   scale = gamma * invstd
@@ -183,6 +191,10 @@ def bn_bwd_dy_kernel(
     mask = m_ok[:, None] & c_ok[None, :]
     g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
     g = g.to(tl.float32)
+    if HAS_GATE:
+        g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+    if HAS_DPOOL:
+        g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
     v = tl.load(y_ptr + (n * s_yn + hw * s_yhw)[:, None] + offs_c[None, :] * s_yc, mask=mask, other=0.0)
     v = v.to(tl.float32)
     s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
@@ -196,7 +208,7 @@ def bn_bwd_dy_kernel(
     xhat = (v - mu[None, :]) * rs[None, :]
     dy = s[None, :] * (g - a[None, :] - xhat * b[None, :])
     tl.store(dy_ptr + (n * s_dn + hw * s_dhw)[:, None] + offs_c[None, :] * s_dc,
-             dy.to(dy_ptr.dtype.element_ty), mask=mask)
+             cast_to(dy, dy_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,8 +286,12 @@ def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> tor
 
 
 def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None, scale=None, bias=None,
-                  write_dz: bool = False):
-    """Returns ``(sum_dz, sum_dz_xhat | None, dz | None)``, sums in fp32 over N, H, W."""
+                  write_dz: bool = False, gate=None, dpooled=None):
+    """Returns ``(sum_dz, sum_dz_xhat | None, dz | None)``, sums in fp32 over N, H, W.
+
+    ``gate`` / ``dpooled`` ((N, C) fp32): the incoming gradient is ``dout * gate + dpooled / HW`` (the
+    squeeze-excitation backward) before the ReLU mask.
+    """
     N, C, H, W = src.shape
     M = N * H * W
     dout = collapsible(dout, src)
@@ -289,24 +305,29 @@ def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None,
             dout, src, dz if write_dz else dout,
             mean if mean is not None else f32, invstd if invstd is not None else f32,
             scale if scale is not None else f32, bias if bias is not None else f32,
-            part[0], part[1] if train else part[0], M, C, H * W,
+            gate if gate is not None else f32, dpooled if dpooled is not None else f32,
+            part[0], part[1] if train else part[0], M, C, H * W, 1.0 / (H * W),
             *pixel_strides(dout), *pixel_strides(src), *pixel_strides(dz if write_dz else dout),
-            RELU=relu, TRAIN=train, WRITE_DZ=write_dz, BLOCK_M=BM, BLOCK_C=BC,
+            RELU=relu, TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
+            BLOCK_M=BM, BLOCK_C=BC,
         )
     # separate reductions: the sums become op outputs, which must not share storage
     return part[0].sum(0), (part[1].sum(0) if train else None), dz
 
 
-def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, count: int) -> torch.Tensor:
+def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, count: int, gate=None,
+              dpooled=None, out_dtype=None) -> torch.Tensor:
     N, C, H, W = y.shape
     M = N * H * W
     dout = collapsible(dout, y)
-    dy = torch.empty_like(y, dtype=dout.dtype)
+    dy = torch.empty_like(y, dtype=out_dtype or dout.dtype)
     BM, BC = _ew_config(M, C)
     with launch_device(y.device, "bn_bwd_dy_kernel"):
         bn_bwd_dy_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx, 1.0 / count, M, C, H * W,
+            dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx,
+            gate if gate is not None else mean, dpooled if dpooled is not None else mean,
+            1.0 / count, M, C, H * W, 1.0 / (H * W),
             *pixel_strides(dout), *pixel_strides(y), *pixel_strides(dy),
-            RELU=relu, BLOCK_M=BM, BLOCK_C=BC,
+            RELU=relu, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
         )
     return dy

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from regnet_kernels.ops._triton.common import cast_to
 from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
 
 
@@ -50,21 +51,25 @@ def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pr
 
 @triton.jit
 def conv_fwd_kernel(
-    x_ptr, wt_ptr, y_ptr,
+    x_ptr, w_ptr, y_ptr,
     pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr,
     post_mean_ptr, post_scale_ptr, post_bias_ptr,
+    res_ptr,
     part_mean_ptr, part_m2_ptr,
     N, C_IN, H, W, C_OUT, HO, WO,
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
+    srn, src, srh, srw,
+    swo, swi, swh, sww,
     CIN_G, COUT_G,
     STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
-    POST_AFFINE: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
+    POST_AFFINE: tl.constexpr, HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # wt is the weight permuted to (KH, KW, CIN_G, C_OUT): contiguous along output channels.
+    # The weight (C_OUT, CIN_G, KH, KW) is read in place through its strides: it is small and stays in
+    # L2, and a per-call re-layout would cost a launch per conv.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     M = N * HO * WO
@@ -104,11 +109,11 @@ def conv_fwd_kernel(
                 if PRE_AFFINE or PRE_RELU or PRE_GATE:
                     a = _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
                                         gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
-                    a = a.to(x_ptr.dtype.element_ty)
+                    a = cast_to(a, x_ptr.dtype.element_ty)
                 # block-diagonal weight tile: zero where input and output channel groups differ
                 ci_l = ci[:, None] - g_of_n[None, :] * CIN_G
                 b_mask = ci_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
-                b = tl.load(wt_ptr + ((kh * KW + kw) * CIN_G + ci_l) * C_OUT + offs_n[None, :],
+                b = tl.load(w_ptr + offs_n[None, :] * swo + ci_l * swi + kh * swh + kw * sww,
                             mask=b_mask, other=0.0)
                 if DOT_F32:
                     if IEEE:
@@ -123,10 +128,13 @@ def conv_fwd_kernel(
         ps = tl.load(post_scale_ptr + offs_n, mask=n_ok, other=0.0)
         pb = tl.load(post_bias_ptr + offs_n, mask=n_ok, other=0.0)
         acc = (acc - pm[None, :]) * ps[None, :] + pb[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_RES:  # residual add (the block tail in eval mode), before the final activation
+        r_row = res_ptr + n_idx.to(tl.int64) * srn + ho * srh + wo * srw
+        acc += tl.load(r_row[:, None] + offs_n[None, :] * src, mask=mask, other=0.0).to(tl.float32)
     if POST_RELU:
         acc = tl.maximum(acc, 0.0)
-    out = acc.to(y_ptr.dtype.element_ty)
-    mask = m_ok[:, None] & n_ok[None, :]
+    out = cast_to(acc, y_ptr.dtype.element_ty)
     y_row = y_ptr + n_idx.to(tl.int64) * syn + ho * syh + wo * syw
     tl.store(y_row[:, None] + offs_n[None, :] * syc, out, mask=mask)
 
@@ -149,18 +157,21 @@ def conv_fwd_kernel(
 
 @triton.jit
 def conv_dgrad_kernel(
-    dy_ptr, wt_ptr, dx_ptr,
+    dy_ptr, w_ptr, dx_ptr, acc_ptr,
     N, C_IN, H, W, C_OUT, HO, WO,
     sdn, sdc, sdh, sdw,
     sxn, sxc, sxh, sxw,
+    san, sac, sah, saw,
+    swo, swi, swh, sww,
     CIN_G, COUT_G,
     STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    HAS_ACC: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # dx[n, ci, h, w] = sum_{kh, kw, co in group(ci)} dy[n, co, ho, wo] * W[co, ci_l, kh, kw]
     # with h = ho*STRIDE - PAD + kh. Rows = input pixels, columns = input channels, reduction over
-    # (kh, kw, output channels of the spanned groups). wt is W permuted to (KH, KW, C_OUT, CIN_G).
+    # (kh, kw, output channels of the spanned groups). The weight is read in place through its strides.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     M = N * H * W
@@ -199,7 +210,7 @@ def conv_dgrad_kernel(
                 a = tl.load(dy_row[:, None] + co[None, :] * sdc, mask=row_ok[:, None] & co_ok[None, :], other=0.0)
                 ci_l = offs_n[None, :] - (co[:, None] // COUT_G) * CIN_G
                 b_mask = co_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
-                b = tl.load(wt_ptr + ((kh * KW + kw) * C_OUT + co[:, None]) * CIN_G + ci_l, mask=b_mask, other=0.0)
+                b = tl.load(w_ptr + co[:, None] * swo + ci_l * swi + kh * swh + kw * sww, mask=b_mask, other=0.0)
                 if DOT_F32:
                     if IEEE:
                         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -209,8 +220,11 @@ def conv_dgrad_kernel(
                     acc = tl.dot(a, b, acc)
 
     mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_ACC:  # add another gradient flowing into the same tensor (e.g. the shortcut branch)
+        a_row = acc_ptr + n_idx.to(tl.int64) * san + h_i * sah + w_i * saw
+        acc += tl.load(a_row[:, None] + offs_n[None, :] * sac, mask=mask, other=0.0).to(tl.float32)
     dx_row = dx_ptr + n_idx.to(tl.int64) * sxn + h_i * sxh + w_i * sxw
-    tl.store(dx_row[:, None] + offs_n[None, :] * sxc, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_row[:, None] + offs_n[None, :] * sxc, cast_to(acc, dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -272,7 +286,7 @@ def conv_wgrad_kernel(
             if PRE_AFFINE or PRE_RELU or PRE_GATE:
                 b = _apply_prologue(b, b_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
                                     gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
-                b = b.to(x_ptr.dtype.element_ty)
+                b = cast_to(b, x_ptr.dtype.element_ty)
             if DOT_F32:
                 if IEEE:
                     acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -321,6 +335,7 @@ def conv2d_fwd(
     pre_relu: bool = False,
     gate=None,
     post_affine=None,
+    residual: torch.Tensor = None,
     post_relu: bool = False,
     stats: bool = False,
     out: torch.Tensor = None,
@@ -338,7 +353,6 @@ def conv2d_fwd(
     M = N * HO * WO
     if out is None:
         out = empty_like_format(x, (N, C_out, HO, WO))
-    wt = weight.permute(2, 3, 1, 0).contiguous()  # (KH, KW, CIN_G, C_OUT)
     BM, BN, BK, nw = _fwd_config(M, C_out, cin_g, cout_g, x.device)
     grid = (triton.cdiv(M, BM), triton.cdiv(C_out, BN))
     part_mean = part_m2 = None
@@ -348,17 +362,19 @@ def conv2d_fwd(
     dummy = x  # never read when its flag is off
     with launch_device(x.device, "conv_fwd_kernel"):
         conv_fwd_kernel[grid](
-            x, wt, out,
+            x, weight, out,
             *(pre_affine if pre_affine is not None else (dummy,) * 3),
             gate if gate is not None else dummy,
             *(post_affine if post_affine is not None else (dummy,) * 3),
+            residual if residual is not None else dummy,
             part_mean if stats else dummy, part_m2 if stats else dummy,
             N, C_in, H, W, C_out, HO, WO,
-            *x.stride(), *out.stride(),
+            *x.stride(), *out.stride(), *(residual.stride() if residual is not None else (0, 0, 0, 0)),
+            *weight.stride(),
             cin_g, cout_g,
             STRIDE=stride, PAD=padding, KH=KH, KW=KW,
             PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
-            POST_AFFINE=post_affine is not None, POST_RELU=post_relu, STATS=stats,
+            POST_AFFINE=post_affine is not None, HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
             DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
             BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
         )
@@ -366,24 +382,24 @@ def conv2d_fwd(
 
 
 def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, padding: int, groups: int,
-                 like: torch.Tensor) -> torch.Tensor:
-    """Gradient of the conv input; allocated in ``like``'s memory format and dtype."""
+                 like: torch.Tensor, add: torch.Tensor = None) -> torch.Tensor:
+    """Gradient of the conv input (plus ``add`` if given); allocated in ``like``'s memory format and dtype."""
     N, C_in, H, W = x_shape
     C_out, cin_g, KH, KW = weight.shape
     cout_g = C_out // groups
     HO, WO = dy.shape[2], dy.shape[3]
     dx = empty_like_format(like, (N, C_in, H, W), dtype=like.dtype)
-    wt = weight.permute(2, 3, 0, 1).contiguous()  # (KH, KW, C_OUT, CIN_G)
     M = N * H * W
     BM, BN, BK, nw = _fwd_config(M, C_in, cout_g, cin_g, dy.device)
     grid = (triton.cdiv(M, BM), triton.cdiv(C_in, BN))
     with launch_device(dy.device, "conv_dgrad_kernel"):
         conv_dgrad_kernel[grid](
-            dy, wt, dx,
+            dy, weight, dx, add if add is not None else dx,
             N, C_in, H, W, C_out, HO, WO,
-            *dy.stride(), *dx.stride(),
+            *dy.stride(), *dx.stride(), *(add.stride() if add is not None else (0, 0, 0, 0)),
+            *weight.stride(),
             cin_g, cout_g,
-            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+            STRIDE=stride, PAD=padding, KH=KH, KW=KW, HAS_ACC=add is not None,
             DOT_F32=dot_in_fp32(dy.dtype), IEEE=ieee_dot(dy.dtype),
             BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
         )

@@ -1,0 +1,25 @@
+"""Small device helpers shared by the kernels."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from regnet_kernels._triton_utils import INTERPRET
+
+_INTERPRET: tl.constexpr = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def cast_to(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` with round-to-nearest-even everywhere.
+
+    The Triton interpreter converts fp32 to bf16 by truncation (GPUs round to nearest even), which
+    doubles bf16 rounding error in CPU tests. Under the interpreter only, round the fp32 bit pattern
+    first so that truncation is exact; compiled kernels take the plain conversion.
+    """
+    if _INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+            x = (bits & -65536).to(tl.float32, bitcast=True)
+    return x.to(dtype)

@@ -1,0 +1,344 @@
+"""Squeeze-excitation kernels: global average pool, the two FCs (+ ReLU, sigmoid) in one kernel, the
+channel scale, and their backward pieces.
+
+Shapes: ``x`` (N, C, H, W) viewed as pixels x channels (see :func:`bn.pixel_strides`); ``pooled`` and
+``gate`` are (N, C) fp32; ``w1`` (S, C), ``w2`` (C, S) with S the squeeze width. The pool and the
+dgate reduction take an optional BatchNorm + ReLU prologue so that, inside a fused block, they read
+the pre-BN conv output and never need the normalized tensor written.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from regnet_kernels.ops._triton.common import cast_to
+from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
+from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
+
+
+@triton.jit
+def _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr):
+    if PRE_AFFINE:
+        m = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+        s = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
+        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        v = (v - m[None, :]) * s[None, :] + b[None, :]
+    if PRE_RELU:
+        v = tl.maximum(v, 0.0)
+    return v
+
+
+@triton.jit
+def se_pool_kernel(
+    x_ptr, pooled_ptr, mean_ptr, scale_ptr, bias_ptr,
+    C, HW, sxn, sxc, sxhw, inv_hw,
+    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # pooled[n, c] = mean over pixels of x_eff[n, c, :]; one program per (sample, channel block), a
+    # sequential loop over pixels: deterministic, no atomics.
+    n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    base = x_ptr + n.to(tl.int64) * sxn
+    acc = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, HW, BLOCK_HW):
+        p = p0 + tl.arange(0, BLOCK_HW)
+        msk = (p < HW)[:, None] & c_ok[None, :]
+        v = tl.load(base + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
+        v = _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
+        acc += tl.sum(tl.where(msk, v, 0.0), axis=0)
+    tl.store(pooled_ptr + n * C + c, acc * inv_hw, mask=c_ok)
+
+
+@triton.jit
+def se_fc_fwd_kernel(
+    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s1_ptr, gate_ptr,
+    N, C, S,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Both FCs for BLOCK_N samples in one program: s1 = pooled @ w1^T + b1 goes to a small fp32 scratch
+    # (also what backward recomputes the ReLU mask from), a barrier, then
+    # gate = sigmoid(relu(s1) @ w2^T + b2). fp32 throughout (IEEE dots).
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < N
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s < S
+        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_ok = c < C
+            p = tl.load(pooled_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+            w = tl.load(w1_ptr + s[None, :] * C + c[:, None], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
+            acc = tl.dot(p, w.to(tl.float32), acc, input_precision="ieee")
+        if HAS_B1:
+            acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
+    tl.debug_barrier()
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = c < C
+        acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            s_ok = s < S
+            h = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
+            h = tl.maximum(h, 0.0)
+            w = tl.load(w2_ptr + c[None, :] * S + s[:, None], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(h, w.to(tl.float32), acc, input_precision="ieee")
+        if HAS_B2:
+            acc += tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        gate = 1.0 / (1.0 + tl.exp(-acc))
+        tl.store(gate_ptr + rows[:, None] * C + c[None, :], gate, mask=r_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def se_fc_bwd_kernel(
+    pooled_ptr, gate_ptr, dgate_ptr, w1_ptr, b1_ptr, w2_ptr, s1_ptr, ds2_ptr, ds1_ptr, dpooled_ptr,
+    N, C, S,
+    HAS_B1: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # ds2 = dgate * gate * (1 - gate); s1 recomputed; ds1 = (ds2 @ w2) * (s1 > 0);
+    # dpooled = ds1 @ w1. Weight gradients are two small GEMMs done by the launcher.
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < N
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        msk = r_ok[:, None] & (c < C)[None, :]
+        g = tl.load(gate_ptr + rows[:, None] * C + c[None, :], mask=msk, other=0.0)
+        dg = tl.load(dgate_ptr + rows[:, None] * C + c[None, :], mask=msk, other=0.0)
+        tl.store(ds2_ptr + rows[:, None] * C + c[None, :], dg * g * (1.0 - g), mask=msk)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s < S
+        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_ok = c < C
+            p = tl.load(pooled_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+            w = tl.load(w1_ptr + s[None, :] * C + c[:, None], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
+            acc = tl.dot(p, w.to(tl.float32), acc, input_precision="ieee")
+        if HAS_B1:
+            acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
+    tl.debug_barrier()
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s < S
+        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_ok = c < C
+            d2 = tl.load(ds2_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+            w = tl.load(w2_ptr + c[:, None] * S + s[None, :], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
+            acc = tl.dot(d2, w.to(tl.float32), acc, input_precision="ieee")
+        s1 = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
+        tl.store(ds1_ptr + rows[:, None] * S + s[None, :], tl.where(s1 > 0.0, acc, 0.0),
+                 mask=r_ok[:, None] & s_ok[None, :])
+    tl.debug_barrier()
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = c < C
+        acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            s_ok = s < S
+            d1 = tl.load(ds1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
+            w = tl.load(w1_ptr + s[:, None] * C + c[None, :], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(d1, w.to(tl.float32), acc, input_precision="ieee")
+        tl.store(dpooled_ptr + rows[:, None] * C + c[None, :], acc, mask=r_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def se_scale_kernel(
+    x_ptr, gate_ptr, out_ptr, M, C, HW,
+    sxn, sxc, sxhw, son, soc, sohw,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    msk = (m < M)[:, None] & (c < C)[None, :]
+    n = (m // HW).to(tl.int64)
+    hw = m % HW
+    v = tl.load(x_ptr + (n * sxn + hw * sxhw)[:, None] + c[None, :] * sxc, mask=msk, other=0.0)
+    g = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
+    tl.store(out_ptr + (n * son + hw * sohw)[:, None] + c[None, :] * soc,
+             cast_to(v.to(tl.float32) * g, out_ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def se_dgate_kernel(
+    dout_ptr, x_ptr, dgate_ptr, mean_ptr, scale_ptr, bias_ptr,
+    C, HW, sgn, sgc, sghw, sxn, sxc, sxhw,
+    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # dgate[n, c] = sum over pixels of dout * x_eff (x_eff = x, or relu(BN(x)) inside a fused block)
+    n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    gbase = dout_ptr + n.to(tl.int64) * sgn
+    xbase = x_ptr + n.to(tl.int64) * sxn
+    acc = tl.zeros((BLOCK_C,), tl.float32)
+    for p0 in range(0, HW, BLOCK_HW):
+        p = p0 + tl.arange(0, BLOCK_HW)
+        msk = (p < HW)[:, None] & c_ok[None, :]
+        g = tl.load(gbase + p[:, None] * sghw + c[None, :] * sgc, mask=msk, other=0.0).to(tl.float32)
+        v = tl.load(xbase + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
+        v = _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
+        acc += tl.sum(tl.where(msk, g * v, 0.0), axis=0)
+    tl.store(dgate_ptr + n * C + c, acc, mask=c_ok)
+
+
+@triton.jit
+def se_dx_kernel(
+    dout_ptr, gate_ptr, dpooled_ptr, dx_ptr, M, C, HW, inv_hw,
+    sgn, sgc, sghw, sdn, sdc, sdhw,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # dx = dout * gate[n, c] + dpooled[n, c] / HW
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    msk = (m < M)[:, None] & (c < C)[None, :]
+    n = (m // HW).to(tl.int64)
+    hw = m % HW
+    g = tl.load(dout_ptr + (n * sgn + hw * sghw)[:, None] + c[None, :] * sgc, mask=msk, other=0.0)
+    gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
+    dp = tl.load(dpooled_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
+    dx = g.to(tl.float32) * gate + dp * inv_hw
+    tl.store(dx_ptr + (n * sdn + hw * sdhw)[:, None] + c[None, :] * sdc, cast_to(dx, dx_ptr.dtype.element_ty),
+             mask=msk)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers
+# ------------------------------------------------------------------------------------------------
+def _reduce_cfg(HW: int, C: int) -> tuple:
+    bc = min(64, max(16, next_pow2(C)))
+    bhw = 64 if INTERPRET else max(16, min(256, 8192 // bc))
+    return bhw, bc
+
+
+def se_pool(x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
+    """``(N, C)`` fp32 spatial mean of ``x`` (of ``relu(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
+    N, C, H, W = x.shape
+    x = collapsible(x, x)
+    pooled = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    BHW, BC = _reduce_cfg(H * W, C)
+    sn, sc, shw = pixel_strides(x)
+    aff = pre_affine if pre_affine is not None else (pooled,) * 3
+    with launch_device(x.device, "se_pool_kernel"):
+        se_pool_kernel[(N, triton.cdiv(C, BC))](
+            x, pooled, *aff, C, H * W, sn, sc, shw, 1.0 / (H * W),
+            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
+        )
+    return pooled
+
+
+def _fc_cfg(N: int, C: int, S: int) -> tuple:
+    bn = 16 if (INTERPRET or N <= 16) else 32
+    bs = min(64, max(16, next_pow2(S)))
+    bc = min(64, max(16, next_pow2(C)))
+    return bn, bs, bc
+
+
+def _flat(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1).contiguous()
+
+
+def se_fc(pooled: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
+    """``gate = sigmoid(fc2(relu(fc1(pooled))))``, ``(N, C)`` fp32."""
+    N, C = pooled.shape
+    w1f, w2f = _flat(w1), _flat(w2)
+    S = w1f.shape[0]
+    s1 = torch.empty((N, S), device=pooled.device, dtype=torch.float32)
+    gate = torch.empty((N, C), device=pooled.device, dtype=torch.float32)
+    BN, BS, BC = _fc_cfg(N, C, S)
+    with launch_device(pooled.device, "se_fc_fwd_kernel"):
+        se_fc_fwd_kernel[(triton.cdiv(N, BN),)](
+            pooled, w1f, b1 if b1 is not None else w1f, w2f, b2 if b2 is not None else w2f, s1, gate, N, C, S,
+            HAS_B1=b1 is not None, HAS_B2=b2 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC,
+        )
+    return gate
+
+
+def se_fc_backward(pooled, gate, dgate, w1, b1, w2, need_b1: bool, need_b2: bool):
+    """``(dpooled, dw1, db1, dw2, db2)`` in fp32 (``db*`` None when not needed)."""
+    N, C = pooled.shape
+    w1f, w2f = _flat(w1), _flat(w2)
+    S = w1f.shape[0]
+    dev = pooled.device
+    s1 = torch.empty((N, S), device=dev, dtype=torch.float32)
+    ds1 = torch.empty((N, S), device=dev, dtype=torch.float32)
+    ds2 = torch.empty((N, C), device=dev, dtype=torch.float32)
+    dpooled = torch.empty((N, C), device=dev, dtype=torch.float32)
+    BN, BS, BC = _fc_cfg(N, C, S)
+    with launch_device(dev, "se_fc_bwd_kernel"):
+        se_fc_bwd_kernel[(triton.cdiv(N, BN),)](
+            pooled, gate, dgate, w1f, b1 if b1 is not None else w1f, w2f, s1, ds2, ds1, dpooled, N, C, S,
+            HAS_B1=b1 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC,
+        )
+    dw2 = ds2.t().mm(s1.clamp_min(0.0))  # (C, S)
+    dw1 = ds1.t().mm(pooled)  # (S, C)
+    return dpooled, dw1, (ds1.sum(0) if need_b1 else None), dw2, (ds2.sum(0) if need_b2 else None)
+
+
+def _ew_cfg(C: int) -> tuple:
+    bc = min(64, max(16, next_pow2(C)))
+    bm = 64 if INTERPRET else max(32, 4096 // bc)
+    return bm, bc
+
+
+def se_scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    N, C, H, W = x.shape
+    x = collapsible(x, x)
+    out = torch.empty_like(x)
+    M = N * H * W
+    BM, BC = _ew_cfg(C)
+    with launch_device(x.device, "se_scale_kernel"):
+        se_scale_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
+            x, gate, out, M, C, H * W, *pixel_strides(x), *pixel_strides(out), BLOCK_M=BM, BLOCK_C=BC,
+        )
+    return out
+
+
+def se_dgate(dout: torch.Tensor, x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
+    N, C, H, W = x.shape
+    x = collapsible(x, x)
+    dout = collapsible(dout, x)
+    dgate = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    BHW, BC = _reduce_cfg(H * W, C)
+    aff = pre_affine if pre_affine is not None else (dgate,) * 3
+    with launch_device(x.device, "se_dgate_kernel"):
+        se_dgate_kernel[(N, triton.cdiv(C, BC))](
+            dout, x, dgate, *aff, C, H * W, *pixel_strides(dout), *pixel_strides(x),
+            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
+        )
+    return dgate
+
+
+def se_dx(dout: torch.Tensor, gate: torch.Tensor, dpooled: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    N, C, H, W = like.shape
+    dout = collapsible(dout, like)
+    dx = torch.empty_like(like, dtype=dout.dtype)
+    dx = collapsible(dx, like)
+    M = N * H * W
+    BM, BC = _ew_cfg(C)
+    with launch_device(like.device, "se_dx_kernel"):
+        se_dx_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
+            dout, gate, dpooled, dx, M, C, H * W, 1.0 / (H * W), *pixel_strides(dout), *pixel_strides(dx),
+            BLOCK_M=BM, BLOCK_C=BC,
+        )
+    return dx

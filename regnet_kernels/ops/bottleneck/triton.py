@@ -1,0 +1,143 @@
+"""Triton fused RegNet bottleneck.
+
+Training forward (each full-size activation written once, by the conv that produces it):
+conv a (+BN_a partials) -> finalize -> conv b reading ``relu(BN_a(ya))`` in its prologue (+BN_b partials)
+-> finalize -> SE pool over ``relu(BN_b(yb))`` -> SE FCs -> conv c reading ``relu(BN_b(yb)) * gate`` in
+its prologue (+BN_c partials) -> finalize -> [projection conv + finalize] -> residual tail
+``relu(BN_c(yc) + shortcut)``. Saved for backward: ``x, ya, yb, yc, yp``, the SE pooled vector and gate,
+per-channel statistics. Eval forward: 4-5 kernels, BatchNorm + ReLU in each conv's epilogue, the SE
+scale in conv c's prologue and the residual add + ReLU in its epilogue.
+"""
+from __future__ import annotations
+
+import torch
+
+from regnet_kernels.ops._triton import bn as _bn
+from regnet_kernels.ops._triton import block as _blk
+from regnet_kernels.ops._triton import conv as _conv
+from regnet_kernels.ops._triton import se as _se
+from regnet_kernels.ops.bottleneck.reference import pack_stats, unpack_stats
+
+
+def _conv_bn(x, w, gamma, beta, stride, pad, groups, eps, **kw):
+    y, pm, pm2, rows = _conv.conv2d_fwd(x, w, stride, pad, groups, stats=True, **kw)
+    count = y.numel() // y.shape[1]
+    mean, invstd, var_unb, scale, bias = _bn.bn_finalize(pm, pm2, count, rows, gamma, beta, eps)
+    return y, (mean, invstd, var_unb), (mean, scale, bias, invstd)
+
+
+def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride: int, groups: int, eps):
+    pad_b = wb.shape[-1] // 2
+    ya, st_a, bn_a = _conv_bn(x, wa, ga, ba, 1, 0, 1, eps[0])
+    yb, st_b, bn_b = _conv_bn(ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_relu=True)
+    empty = x.new_empty((0,), dtype=torch.float32)
+    pooled = gate = empty
+    if w1 is not None:
+        pooled = _se.se_pool(yb, pre_affine=bn_b[:3], pre_relu=True)
+        gate = _se.se_fc(pooled, w1, b1, w2, b2)
+    yc, st_c, bn_c = _conv_bn(yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_relu=True,
+                              gate=gate if w1 is not None else None)
+    triples = [st_a, st_b, st_c]
+    yp = x.new_empty((0,))
+    bn_p = None
+    if wp is not None:
+        yp, st_p, bn_p = _conv_bn(x, wp, gp, bp, stride, 0, 1, eps[3])
+        triples.append(st_p)
+    out = _blk.tail_forward(yc, yp if wp is not None else x, bn_c, bn_p)
+    return out, ya, yb, yc, yp, pooled, gate, pack_stats(*triples)
+
+
+def _affine(stats, gamma, beta):
+    mean, invstd, _ = stats
+    scale = invstd if gamma is None else gamma.float() * invstd
+    bias = torch.zeros_like(mean) if beta is None else beta.float()
+    return mean, scale, bias, invstd
+
+
+def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, eps, output_mask):
+    """Gradients for ``(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)``."""
+    wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
+    ya, yb, yc, yp, pooled, gate, stats = saved
+    has_se, has_proj = w1 is not None, wp is not None
+    st = unpack_stats(stats, wa.shape[0], wc.shape[0], has_proj)
+    bn_a, bn_b, bn_c = _affine(st["a"], ga, ba), _affine(st["b"], gb, bb), _affine(st["c"], gc, bc)
+    bn_p = _affine(st["p"], gp, bp) if has_proj else None
+    pad_b = wb.shape[-1] // 2
+    g = {}
+
+    # residual tail: dReLU + both BatchNorm reductions in one pass, both conv-output gradients in a second
+    dyc, dsc, sums = _blk.tail_backward(grad_out, yc, yp if has_proj else x, bn_c, bn_p)
+    # (clones: op outputs may not share storage)
+    g["gc"], g["bc"] = sums[1].clone(), sums[0].clone()
+    if has_proj:
+        g["gp"], g["bp"] = sums[2].clone(), sums[0].clone()
+
+    # conv c: its input is relu(BN_b(yb)) * gate, recomputed in the weight-gradient prologue
+    dh = _conv.conv2d_dgrad(dyc, wc, yb.shape, 1, 0, 1, like=yb)
+    g["wc"] = _conv.conv2d_wgrad(yb, dyc, wc.shape, 1, 0, 1, pre_affine=bn_b[:3], pre_relu=True,
+                                 gate=gate if has_se else None)
+    dpooled = None
+    if has_se:
+        dgate = _se.se_dgate(dh, yb, pre_affine=bn_b[:3], pre_relu=True)
+        dpooled, g["w1"], g["b1"], g["w2"], g["b2"] = _se.se_fc_backward(
+            pooled, gate, dgate, w1, b1, w2, b1 is not None, b2 is not None)
+
+    # BN_b + ReLU backward, with the SE scale and pool gradients folded into the incoming gradient
+    se_kw = {"gate": gate, "dpooled": dpooled} if has_se else {}
+    mb, kb, cb, ib = bn_b
+    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(dh, yb, train=True, relu=True, mean=mb, invstd=ib, scale=kb, bias=cb, **se_kw)
+    g["gb"], g["bb"] = s_dzx, s_dz
+    dyb = _bn.bn_bwd_dy(dh, yb, mb, ib, kb, cb, s_dz, s_dzx, True, yb.numel() // yb.shape[1], **se_kw)
+
+    # conv b (grouped, strided): input relu(BN_a(ya)) recomputed in the prologue
+    d_act_a = _conv.conv2d_dgrad(dyb, wb, ya.shape, stride, pad_b, groups, like=ya)
+    g["wb"] = _conv.conv2d_wgrad(ya, dyb, wb.shape, stride, pad_b, groups, pre_affine=bn_a[:3], pre_relu=True)
+
+    ma, ka, ca, ia = bn_a
+    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(d_act_a, ya, train=True, relu=True, mean=ma, invstd=ia, scale=ka, bias=ca)
+    g["ga"], g["ba"] = s_dzx, s_dz
+    dya = _bn.bn_bwd_dy(d_act_a, ya, ma, ia, ka, ca, s_dz, s_dzx, True, ya.numel() // ya.shape[1])
+
+    # shortcut, then conv a's input gradient with the shortcut's added in its epilogue
+    if has_proj:
+        d_short = _conv.conv2d_dgrad(dsc, wp, x.shape, stride, 0, 1, like=x)
+        g["wp"] = _conv.conv2d_wgrad(x, dsc, wp.shape, stride, 0, 1)
+    else:
+        d_short = dsc
+    g["x"] = _conv.conv2d_dgrad(dya, wa, x.shape, 1, 0, 1, like=x, add=d_short) if output_mask[0] else None
+    g["wa"] = _conv.conv2d_wgrad(x, dya, wa.shape, 1, 0, 1)
+
+    names = ["x", "wa", "ga", "ba", "wb", "gb", "bb", "w1", "b1", "w2", "b2", "wc", "gc", "bc", "wp", "gp", "bp"]
+    tensors = [x] + list(params)
+    out = []
+    for name, t, want in zip(names, tensors, output_mask):
+        v = g.get(name)
+        if t is None or v is None or not want:
+            out.append(None)
+        else:
+            out.append(v.reshape(t.shape).to(t.dtype))
+    return out
+
+
+def _eval_affine(gamma, beta, rm, rv, eps):
+    invstd = torch.rsqrt(rv.float() + eps)
+    scale = invstd if gamma is None else gamma.float() * invstd
+    bias = torch.zeros_like(scale) if beta is None else beta.float()
+    return rm.float(), scale, bias
+
+
+def block_eval(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc,
+               wp, gp, bp, rmp, rvp, stride: int, groups: int, eps):
+    pad_b = wb.shape[-1] // 2
+    act_a = _conv.conv2d_fwd(x, wa, 1, 0, 1, post_affine=_eval_affine(ga, ba, rma, rva, eps[0]), post_relu=True)[0]
+    act_b = _conv.conv2d_fwd(act_a, wb, stride, pad_b, groups, post_affine=_eval_affine(gb, bb, rmb, rvb, eps[1]),
+                             post_relu=True)[0]
+    gate = None
+    if w1 is not None:
+        gate = _se.se_fc(_se.se_pool(act_b), w1, b1, w2, b2)
+    if wp is not None:
+        short = _conv.conv2d_fwd(x, wp, stride, 0, 1, post_affine=_eval_affine(gp, bp, rmp, rvp, eps[3]))[0]
+    else:
+        short = x
+    return _conv.conv2d_fwd(act_b, wc, 1, 0, 1, gate=gate, post_affine=_eval_affine(gc, bc, rmc, rvc, eps[2]),
+                            residual=short, post_relu=True)[0]
