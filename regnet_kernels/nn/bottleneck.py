@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from regnet_kernels import backends as _backends
-from regnet_kernels.nn.conv_bn_act import activation_name, bn_unsupported_reason, conv_unsupported_reason
+from regnet_kernels.nn.conv_bn_act import activation_name, bn_unsupported_reason, computes, conv_unsupported_reason
 from regnet_kernels.nn.squeeze_excite import se_structure
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
 
@@ -106,7 +106,7 @@ def _match_torchvision(m: nn.Module):
     order = [n for n, _ in f.named_children()]
     if order not in (["a", "b", "c"], ["a", "b", "se", "c"]):
         return None, None
-    if type(names["activation"]) is not nn.ReLU:
+    if not computes(names["activation"], torch.relu):
         return None, f"block activation {type(names['activation']).__name__} (only ReLU)"
     pieces = {}
     for key, acts in (("a", "relu"), ("b", "relu"), ("c", None)):
@@ -142,7 +142,7 @@ def _match_timm(m: nn.Module):
     dp = names["drop_path"]
     if not isinstance(dp, nn.Identity) and getattr(dp, "drop_prob", None) != 0:
         return None, "drop_path is active (stochastic depth is not fused)"
-    if type(names["act3"]) is not nn.ReLU:
+    if not computes(names["act3"], torch.relu):
         return None, f"block activation {type(names['act3']).__name__} (only ReLU)"
     pieces = {}
     for key, acts in (("conv1", "relu"), ("conv2", "relu"), ("conv3", None)):

@@ -8,7 +8,7 @@ from torch import nn
 
 from regnet_kernels.ops.conv_bn_act import conv_bn_act
 
-__all__ = ["FusedConvBNAct2d", "conv_unsupported_reason", "bn_unsupported_reason", "activation_name"]
+__all__ = ["FusedConvBNAct2d", "conv_unsupported_reason", "bn_unsupported_reason", "activation_name", "computes"]
 
 
 def conv_unsupported_reason(conv: nn.Module) -> Optional[str]:
@@ -44,11 +44,30 @@ def bn_unsupported_reason(bn: nn.Module, channels: int) -> Optional[str]:
     return None
 
 
+def computes(m: nn.Module, fn) -> bool:
+    """True if parameter-free module ``m`` computes ``fn`` (an exact probe on both signs and large values).
+
+    Libraries wrap the same activation in their own classes (timm's ``Sigmoid``); what matters for
+    fusion is the function, so it is checked directly instead of by class name.
+    """
+    if type(m) in (nn.ReLU, nn.Sigmoid, nn.Identity):
+        return fn(torch.tensor([-1.0, 2.0])).equal(m(torch.tensor([-1.0, 2.0])))
+    if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+        return False
+    probe = torch.linspace(-9.0, 9.0, 37, dtype=torch.float64).reshape(1, 37, 1, 1)
+    try:
+        with torch.no_grad():
+            out = m(probe.clone())
+    except Exception:
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == probe.shape and torch.allclose(out, fn(probe), atol=1e-12)
+
+
 def activation_name(act: Optional[nn.Module]) -> Tuple[Optional[str], Optional[str]]:
     """``(name, None)`` for a supported activation module (``"relu"`` or None), else ``(None, reason)``."""
     if act is None or isinstance(act, nn.Identity):
         return None, None
-    if type(act) is nn.ReLU:
+    if computes(act, torch.relu):
         return "relu", None
     return None, f"activation {type(act).__name__} is not supported (ReLU or none)"
 

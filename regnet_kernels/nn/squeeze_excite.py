@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from regnet_kernels.nn.conv_bn_act import computes
 from regnet_kernels.ops.squeeze_excite import squeeze_excite
 
 __all__ = ["FusedSqueezeExcite", "se_structure"]
@@ -47,10 +48,10 @@ def se_structure(m: nn.Module) -> Tuple[Optional[Tuple[str, str]], Optional[str]
         act, gate = names["act"], names["gate"]
     else:
         return None, None
-    if type(act) is not nn.ReLU:
+    if not computes(act, torch.relu):
         return None, f"SE activation {type(act).__name__} (only ReLU)"
-    if type(gate) is not nn.Sigmoid:
-        return None, f"SE gate {type(gate).__name__} (only Sigmoid)"
+    if not computes(gate, torch.sigmoid):
+        return None, f"SE gate {type(gate).__name__} (only sigmoid)"
     fc1, fc2 = names["fc1"], names["fc2"]
     reason = _fc_reason(fc1, "fc1") or _fc_reason(fc2, "fc2")
     if reason is None and (fc2.in_channels != fc1.out_channels or fc2.out_channels != fc1.in_channels):

@@ -1,7 +1,8 @@
 """Whole RegNet bottleneck block as torch.library custom ops.
 
 - ``regnet_kernels::bottleneck_train``: training forward (batch statistics). Returns ``out`` plus what its
-  backward keeps (``ya, yb, yc, yp, pooled, gate, stats``); backward is
+  backward keeps (``ya, yb, yc, pooled, gate, stats``; the projection's conv output is recomputed in
+  backward from ``x``, a cheap strided 1x1 conv, rather than kept); backward is
   ``regnet_kernels::bottleneck_train_backward``. Running statistics are updated by the caller through
   ``bn_update_running_stats`` (an op with an autograd formula must not mutate its inputs).
 - ``regnet_kernels::bottleneck_eval``: inference forward from running statistics (no autograd: the
@@ -69,8 +70,7 @@ def _train_op(
     groups: int,
     eps: List[float],
     backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     params = (wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
     impl = _impl(backend, (x,) + tuple(p for p in params if p is not None))
     return impl.block_train(x, *params, stride, groups, eps)
@@ -89,8 +89,8 @@ def _(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride,
     n_stats = 6 * cb + (6 if wp is not None else 3) * cout
     N = x.shape[0]
     se_shape = (N, cb) if w1 is not None else (0,)
-    return (act(sc), act(sa), act(sb), act(sc), act(sc) if wp is not None else x.new_empty((0,)),
-            x.new_empty(se_shape, dtype=acc), x.new_empty(se_shape, dtype=acc), x.new_empty((n_stats,), dtype=acc))
+    return (act(sc), act(sa), act(sb), act(sc), x.new_empty(se_shape, dtype=acc), x.new_empty(se_shape, dtype=acc),
+            x.new_empty((n_stats,), dtype=acc))
 
 
 @torch.library.custom_op("regnet_kernels::bottleneck_train_backward", mutates_args=())
@@ -102,7 +102,7 @@ def _train_bwd_op(
     w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor], b2: Optional[torch.Tensor],
     wc: torch.Tensor, gc: Optional[torch.Tensor], bc: Optional[torch.Tensor],
     wp: Optional[torch.Tensor], gp: Optional[torch.Tensor], bp: Optional[torch.Tensor],
-    ya: torch.Tensor, yb: torch.Tensor, yc: torch.Tensor, yp: torch.Tensor,
+    ya: torch.Tensor, yb: torch.Tensor, yc: torch.Tensor,
     pooled: torch.Tensor, gate: torch.Tensor, stats: torch.Tensor,
     stride: int,
     groups: int,
@@ -112,7 +112,7 @@ def _train_bwd_op(
 ) -> List[torch.Tensor]:
     params = (wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
     impl = _impl(backend, (grad_out, x) + tuple(p for p in params if p is not None))
-    grads = impl.block_train_backward(grad_out, x, params, (ya, yb, yc, yp, pooled, gate, stats), stride, groups,
+    grads = impl.block_train_backward(grad_out, x, params, (ya, yb, yc, pooled, gate, stats), stride, groups,
                                       eps, output_mask)
     # custom ops cannot return None: absent gradients come back as distinct empty tensors
     return [g.contiguous(memory_format=out_memory_format(x)) if (i == 0 and g is not None)
@@ -120,7 +120,7 @@ def _train_bwd_op(
 
 
 @_train_bwd_op.register_fake
-def _(grad_out, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, ya, yb, yc, yp, pooled, gate,
+def _(grad_out, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, ya, yb, yc, pooled, gate,
       stats, stride, groups, eps, output_mask, backend):
     tensors = (x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
     out = []
@@ -136,11 +136,11 @@ def _(grad_out, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
 
 def _setup_context(ctx, inputs, output):
     (x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride, groups, eps, backend) = inputs
-    out, ya, yb, yc, yp, pooled, gate, stats = output
+    out, ya, yb, yc, pooled, gate, stats = output
     ctx.save_for_backward(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp,
-                          ya, yb, yc, yp, pooled, gate, stats)
+                          ya, yb, yc, pooled, gate, stats)
     ctx.conf = (stride, groups, list(eps), backend)
-    ctx.mark_non_differentiable(ya, yb, yc, yp, pooled, gate, stats)
+    ctx.mark_non_differentiable(ya, yb, yc, pooled, gate, stats)
 
 
 def _backward(ctx, grad_out, *_unused):

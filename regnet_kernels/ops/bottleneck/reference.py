@@ -6,13 +6,15 @@
 
 composed from the per-op references, so the block and the per-op path agree by construction.
 Training-mode forward returns, besides ``out``, exactly what the fused backward keeps: the pre-BN conv
-outputs ``ya, yb, yc, yp``, the SE ``pooled`` vector and ``gate``, and the packed per-channel statistics.
+outputs ``ya, yb, yc``, the SE ``pooled`` vector and ``gate``, and the packed per-channel statistics. The
+projection's pre-BN output is recomputed in backward from ``x`` (a strided 1x1 conv) instead of kept.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from regnet_kernels.ops.conv_bn_act import reference as cba
 from regnet_kernels.ops.squeeze_excite import reference as se
@@ -32,25 +34,24 @@ def unpack_stats(stats: torch.Tensor, cb: int, cout: int, has_proj: bool) -> dic
 
 def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp,
                 stride: int, groups: int, eps):
-    """Training forward; returns ``(out, ya, yb, yc, yp, pooled, gate, stats)`` (absent pieces empty)."""
+    """Training forward; returns ``(out, ya, yb, yc, pooled, gate, stats)`` (absent pieces empty)."""
     pad_b = wb.shape[-1] // 2
     act_a, ya, *st_a = cba.conv_bn_act_train(x, wa, ga, ba, 1, 0, 1, eps[0], True)
     act_b, yb, *st_b = cba.conv_bn_act_train(act_a, wb, gb, bb, stride, pad_b, groups, eps[1], True)
-    empty = x.new_empty((0,), dtype=st_a[0].dtype)
-    pooled = gate = empty
+    # distinct empties: op outputs may not alias each other
+    pooled, gate = x.new_empty((0,), dtype=st_a[0].dtype), x.new_empty((0,), dtype=st_a[0].dtype)
     h = act_b
     if w1 is not None:
         h, pooled, gate = se.squeeze_excite(act_b, w1, b1, w2, b2)
     out_c, yc, *st_c = cba.conv_bn_act_train(h, wc, gc, bc, 1, 0, 1, eps[2], False)
     triples = [st_a, st_b, st_c]
-    yp = x.new_empty((0,))
     if wp is not None:
-        short, yp, *st_p = cba.conv_bn_act_train(x, wp, gp, bp, stride, 0, 1, eps[3], False)
+        short, _, *st_p = cba.conv_bn_act_train(x, wp, gp, bp, stride, 0, 1, eps[3], False)
         triples.append(st_p)
     else:
         short = x
     out = torch.relu(out_c + short)
-    return out, ya, yb, yc, yp, pooled, gate, pack_stats(*triples)
+    return out, ya, yb, yc, pooled, gate, pack_stats(*triples)
 
 
 def _act(y: torch.Tensor, stats, gamma, beta, relu: bool) -> torch.Tensor:
@@ -63,8 +64,11 @@ def _act(y: torch.Tensor, stats, gamma, beta, relu: bool) -> torch.Tensor:
 def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, eps, output_mask):
     """Gradients for ``(x, *params)`` from the per-op reference backwards, chained through the block."""
     wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
-    ya, yb, yc, yp, pooled, gate, stats = saved
+    ya, yb, yc, pooled, gate, stats = saved
     has_se, has_proj = w1 is not None, wp is not None
+    yp = None
+    if has_proj:  # recomputed, not kept (see the module docstring)
+        yp = F.conv2d(x, wp, None, stride).contiguous(memory_format=cba.out_memory_format(x))
     st = unpack_stats(stats, wa.shape[0], wc.shape[0], has_proj)
     pad_b = wb.shape[-1] // 2
     all4 = [True] * 4

@@ -4,9 +4,11 @@ Training forward (each full-size activation written once, by the conv that produ
 conv a (+BN_a partials) -> finalize -> conv b reading ``relu(BN_a(ya))`` in its prologue (+BN_b partials)
 -> finalize -> SE pool over ``relu(BN_b(yb))`` -> SE FCs -> conv c reading ``relu(BN_b(yb)) * gate`` in
 its prologue (+BN_c partials) -> finalize -> [projection conv + finalize] -> residual tail
-``relu(BN_c(yc) + shortcut)``. Saved for backward: ``x, ya, yb, yc, yp``, the SE pooled vector and gate,
-per-channel statistics. Eval forward: 4-5 kernels, BatchNorm + ReLU in each conv's epilogue, the SE
-scale in conv c's prologue and the residual add + ReLU in its epilogue.
+``relu(BN_c(yc) + shortcut)``. Saved for backward: ``x, ya, yb, yc``, the SE pooled vector and gate,
+per-channel statistics (the projection's output is recomputed from ``x`` in backward).
+
+Eval forward: 4-5 kernels, BatchNorm + ReLU in each conv's epilogue, the SE scale in conv c's prologue
+and the residual add + ReLU in its epilogue.
 """
 from __future__ import annotations
 
@@ -30,21 +32,20 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
     pad_b = wb.shape[-1] // 2
     ya, st_a, bn_a = _conv_bn(x, wa, ga, ba, 1, 0, 1, eps[0])
     yb, st_b, bn_b = _conv_bn(ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_relu=True)
-    empty = x.new_empty((0,), dtype=torch.float32)
-    pooled = gate = empty
+    # distinct empties: op outputs may not alias each other
+    pooled, gate = x.new_empty((0,), dtype=torch.float32), x.new_empty((0,), dtype=torch.float32)
     if w1 is not None:
         pooled = _se.se_pool(yb, pre_affine=bn_b[:3], pre_relu=True)
         gate = _se.se_fc(pooled, w1, b1, w2, b2)
     yc, st_c, bn_c = _conv_bn(yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_relu=True,
                               gate=gate if w1 is not None else None)
     triples = [st_a, st_b, st_c]
-    yp = x.new_empty((0,))
-    bn_p = None
+    yp = bn_p = None
     if wp is not None:
         yp, st_p, bn_p = _conv_bn(x, wp, gp, bp, stride, 0, 1, eps[3])
         triples.append(st_p)
     out = _blk.tail_forward(yc, yp if wp is not None else x, bn_c, bn_p)
-    return out, ya, yb, yc, yp, pooled, gate, pack_stats(*triples)
+    return out, ya, yb, yc, pooled, gate, pack_stats(*triples)
 
 
 def _affine(stats, gamma, beta):
@@ -57,13 +58,15 @@ def _affine(stats, gamma, beta):
 def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, eps, output_mask):
     """Gradients for ``(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)``."""
     wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
-    ya, yb, yc, yp, pooled, gate, stats = saved
+    ya, yb, yc, pooled, gate, stats = saved
     has_se, has_proj = w1 is not None, wp is not None
     st = unpack_stats(stats, wa.shape[0], wc.shape[0], has_proj)
     bn_a, bn_b, bn_c = _affine(st["a"], ga, ba), _affine(st["b"], gb, bb), _affine(st["c"], gc, bc)
     bn_p = _affine(st["p"], gp, bp) if has_proj else None
     pad_b = wb.shape[-1] // 2
     g = {}
+    # the projection's conv output is recomputed (deterministic: the same kernel on the same inputs)
+    yp = _conv.conv2d_fwd(x, wp, stride, 0, 1)[0] if has_proj else None
 
     # residual tail: dReLU + both BatchNorm reductions in one pass, both conv-output gradients in a second
     dyc, dsc, sums = _blk.tail_backward(grad_out, yc, yp if has_proj else x, bn_c, bn_p)

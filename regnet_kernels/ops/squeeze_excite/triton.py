@@ -16,8 +16,9 @@ def squeeze_excite(x, w1, b1, w2, b2):
 
 def squeeze_excite_backward(grad_out, x, w1, b1, w2, b2, pooled, gate, output_mask: Sequence[bool]):
     dgate = _se.se_dgate(grad_out, x)
-    dpooled, dw1, db1, dw2, db2 = _se.se_fc_backward(pooled, gate, dgate, w1, b1, w2,
-                                                     b1 is not None and output_mask[2], b2 is not None and output_mask[4])
+    need_b1 = b1 is not None and output_mask[2]
+    need_b2 = b2 is not None and output_mask[4]
+    dpooled, dw1, db1, dw2, db2 = _se.se_fc_backward(pooled, gate, dgate, w1, b1, w2, need_b1, need_b2)
     dx = _se.se_dx(grad_out, gate, dpooled, like=x) if output_mask[0] else None
     dw1 = dw1.reshape(w1.shape).to(w1.dtype) if output_mask[1] else None
     db1 = db1.to(b1.dtype) if db1 is not None else None
