@@ -59,3 +59,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+#: where the kernels under test run: CUDA when present, else CPU (Triton through its interpreter)
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+#: kernel backends the numerics suites run; the CUDA-extension backend only on a GPU
+KERNEL_BACKENDS = ["triton", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def kernel_ready(backend: str, op: str) -> None:
+    """Skip (with the backend's own reason) when ``backend`` cannot run ``op`` on :data:`DEVICE`."""
+    from regnet_kernels import backends
+
+    reason = backends.why_not(backend, [torch.empty(1, device=DEVICE)], op)
+    if reason is not None:
+        pytest.skip(f"{backend} backend unavailable here: {reason}")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from _numerics import check, rel_err
+from conftest import DEVICE, KERNEL_BACKENDS, kernel_ready
 from regnet_kernels import backends
 from regnet_kernels.nn import FusedConvBNAct2d
 from regnet_kernels.ops import conv_bn_act
@@ -32,10 +33,8 @@ CONFIGS = {
 }
 
 
-def _triton_ready():
-    reason = backends.why_not("triton", [torch.empty(1)], "conv_bn_act")
-    if reason is not None:
-        pytest.skip(f"triton backend unavailable here: {reason}")
+def _triton_ready(backend="triton"):
+    kernel_ready(backend, "conv_bn_act")
 
 
 def make_modules(cfg, relu=True, seed=0):
@@ -79,9 +78,12 @@ def preactivation_ref(seq: nn.Sequential, x: torch.Tensor, training: bool) -> to
 
 
 def run(seq: nn.Sequential, x: torch.Tensor, dtype, training: bool, fused_backend=None, grad_seed=2,
-        param_dtype=torch.float32, grad_mask=None):
-    """One forward + backward; returns outputs, grads and BN buffers (all detached)."""
-    seq = copy.deepcopy(seq)
+        param_dtype=torch.float32, grad_mask=None, device=None):
+    """One forward + backward on ``device`` (:data:`DEVICE`; the float64 oracle on the CPU); returns
+    outputs, grads and BN buffers (detached, on the CPU)."""
+    device = device or (torch.device("cpu") if dtype == torch.float64 else DEVICE)
+    seq = copy.deepcopy(seq).to(device)
+    x = x.to(device)
     seq[0].to(dtype)
     seq[1].to(param_dtype)
     seq.train(training)
@@ -97,9 +99,9 @@ def run(seq: nn.Sequential, x: torch.Tensor, dtype, training: bool, fused_backen
     go = torch.randn(out.shape, generator=gen)
     if grad_mask is not None:
         go = go * grad_mask
-    out.backward(go.to(out.dtype))
+    out.backward(go.to(device=device, dtype=out.dtype))
     conv, bn = seq[0], seq[1]
-    return {
+    res = {
         "out": out.detach(),
         "dx": x.grad,
         "dw": conv.weight.grad,
@@ -108,18 +110,20 @@ def run(seq: nn.Sequential, x: torch.Tensor, dtype, training: bool, fused_backen
         "running_mean": bn.running_mean.clone(),
         "running_var": bn.running_var.clone(),
         "num_batches_tracked": bn.num_batches_tracked.clone(),
-        "channels_last": out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous(),
     }
+    res = {k: v.cpu() for k, v in res.items()}
+    res["channels_last"] = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    return res
 
 
-def compare(cfg, dtype, training, layout="nchw", relu=True, x=None):
-    _triton_ready()
+def compare(cfg, dtype, training, layout="nchw", relu=True, x=None, backend="triton"):
+    _triton_ready(backend)
     seq = make_modules(cfg, relu=relu)
     x = make_input(cfg, dtype, layout=layout) if x is None else x
     mask = None
     if relu and RELU_MARGIN[dtype] > 0:
         mask = (preactivation_ref(seq, x, training).abs() >= RELU_MARGIN[dtype]).float()
-    got = run(seq, x, dtype, training, fused_backend="triton", grad_mask=mask)
+    got = run(seq, x, dtype, training, fused_backend=backend, grad_mask=mask)
     eager = run(seq, x, dtype, training, grad_mask=mask)
     ref = run(seq, x.double(), torch.float64, training, param_dtype=torch.float64, grad_mask=mask)
     # running statistics are fp32 but computed from the conv output as stored in ``dtype``, so they
@@ -134,34 +138,39 @@ def compare(cfg, dtype, training, layout="nchw", relu=True, x=None):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_triton_matches_oracle(name, training, dtype):
-    compare(CONFIGS[name], dtype, training)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_match_oracle(backend, name, training, dtype):
+    compare(CONFIGS[name], dtype, training, backend=backend)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "noncontig"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", ["gw8_s2_odd", "stem_3to16_s2", "1x1_c24to40"])
-def test_layouts(name, training, dtype, layout):
-    got, eager = compare(CONFIGS[name], dtype, training, layout=layout)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_layouts(backend, name, training, dtype, layout):
+    got, eager = compare(CONFIGS[name], dtype, training, layout=layout, backend=backend)
     assert got["channels_last"] == (layout == "channels_last")
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_no_activation(training):
-    compare(CONFIGS["gw16"], torch.float32, training, relu=False)
-    compare(CONFIGS["proj_1x1_s2"], torch.float16, training, relu=False)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_no_activation(backend, training):
+    compare(CONFIGS["gw16"], torch.float32, training, relu=False, backend=backend)
+    compare(CONFIGS["proj_1x1_s2"], torch.float16, training, relu=False, backend=backend)
 
 
-def test_batch_one_eval():
-    compare((1, 16, 16, 7, 7, 3, 1, 2), torch.float32, False)
-    compare((1, 8, 8, 1, 1, 1, 1, 1), torch.float32, False)  # a single pixel: fine in eval
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_batch_one_eval(backend):
+    compare((1, 16, 16, 7, 7, 3, 1, 2), torch.float32, False, backend=backend)
+    compare((1, 8, 8, 1, 1, 1, 1, 1), torch.float32, False, backend=backend)  # a single pixel: fine in eval
 
 
-def test_large_mean_input():
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_large_mean_input(backend):
     """Inputs with mean 300 and std 1 must match eager: a sum / sum-of-squares variance, a plain tile sum
     or a folded ``y * scale + (beta - mean * scale)`` normalisation all lose digits here."""
-    _triton_ready()
+    _triton_ready(backend)
     gen = torch.Generator().manual_seed(3)
     # identity 1x1 conv (the BN input itself has mean 300), then a grouped 3x3 conv whose output mean
     # is in the hundreds
@@ -174,7 +183,7 @@ def test_large_mean_input():
             else:
                 seq[0].weight.abs_()
         x = 300.0 + torch.randn(cfg[0], cfg[1], cfg[3], cfg[4], generator=gen)
-        got = run(seq, x, torch.float32, True, fused_backend="triton")
+        got = run(seq, x, torch.float32, True, fused_backend=backend)
         eager = run(seq, x, torch.float32, True)
         ref = run(seq, x.double(), torch.float64, True, param_dtype=torch.float64)
         for key in ("out", "dx", "dgamma", "dbeta", "running_mean", "running_var"):
@@ -201,18 +210,19 @@ def test_triton_kernels_ran():
 # --------------------------------------------------------------------------------------------------
 # BatchNorm semantics through the module
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 def test_running_stats_semantics(backend):
-    if backend == "triton":
-        _triton_ready()
+    if backend != "eager":
+        _triton_ready(backend)
     cfg = CONFIGS["gw8"]
     for momentum, track in ((0.1, True), (0.3, True), (None, True), (0.1, False)):
         seq = make_modules(cfg)
         seq[1] = nn.BatchNorm2d(32, momentum=momentum, track_running_stats=track)
+        seq = seq.to(DEVICE)
         fused = copy.deepcopy(seq)
         fm = FusedConvBNAct2d(fused[0], fused[1], "relu", names=("0", "1"), backend=backend)
         for step in range(3):
-            x = make_input(cfg, torch.float32, seed=10 + step)
+            x = make_input(cfg, torch.float32, seed=10 + step).to(DEVICE)
             a, b = seq(x), fm(x)
             assert rel_err(b, a) < 1e-5
         if track:
@@ -224,7 +234,7 @@ def test_running_stats_semantics(backend):
         # eval: running statistics (or batch statistics when not tracked)
         seq.eval()
         fm.eval()
-        x = make_input(cfg, torch.float32, seed=20)
+        x = make_input(cfg, torch.float32, seed=20).to(DEVICE)
         assert rel_err(fm(x), seq(x)) < 1e-5
 
 
@@ -261,16 +271,16 @@ def test_reference_matches_torch_nn_float64(name, training):
 # --------------------------------------------------------------------------------------------------
 # Autocast
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 def test_autocast(backend):
-    if backend == "triton":
-        _triton_ready()
+    if backend != "eager":
+        _triton_ready(backend)
     cfg = CONFIGS["gw8"]
-    seq = make_modules(cfg)
+    seq = make_modules(cfg).to(DEVICE)
     fused_seq = copy.deepcopy(seq)
     fm = FusedConvBNAct2d(fused_seq[0], fused_seq[1], "relu", names=("0", "1"), backend=backend)
-    x = make_input(cfg, torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = make_input(cfg, torch.float32).to(DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         a = seq(x)
         b = fm(x)
     assert a.dtype == b.dtype == torch.bfloat16
@@ -328,20 +338,21 @@ def test_module_rejects_unsupported():
 # --------------------------------------------------------------------------------------------------
 # torch.library: opcheck and torch.compile
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 def test_opcheck(backend):
-    if backend == "triton":
-        _triton_ready()
+    if backend != "eager":
+        _triton_ready(backend)
     import importlib
 
     mod = importlib.import_module("regnet_kernels.ops.conv_bn_act")
 
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 6, 6, requires_grad=True)
-    w = (torch.randn(16, 8, 3, 3) * 0.2).requires_grad_()
-    g = (torch.rand(16) + 0.5).requires_grad_()
-    b = torch.randn(16).requires_grad_()
-    rm, rv = torch.randn(16), torch.rand(16) + 0.5
+    dev = DEVICE
+    x = torch.randn(2, 16, 6, 6, device=dev, requires_grad=True)
+    w = (torch.randn(16, 8, 3, 3, device=dev) * 0.2).requires_grad_()
+    g = (torch.rand(16, device=dev) + 0.5).requires_grad_()
+    b = torch.randn(16, device=dev).requires_grad_()
+    rm, rv = torch.randn(16, device=dev), torch.rand(16, device=dev) + 0.5
     torch.library.opcheck(mod._train_op, (x, w, g, b, 1, 1, 2, 1e-5, True, backend))
     torch.library.opcheck(mod._train_op, (x, w, None, None, 2, 1, 2, 1e-5, False, backend))
     torch.library.opcheck(mod._eval_op, (x, w, g, b, rm, rv, 1, 1, 2, 1e-5, True, backend))
@@ -349,9 +360,9 @@ def test_opcheck(backend):
     go = torch.randn_like(out)
     torch.library.opcheck(mod._train_bwd_op, (go, x.detach(), w.detach(), y, mean, invstd, g.detach(), b.detach(),
                                               1, 1, 2, True, [True, True, True, True], backend))
-    torch.library.opcheck(mod._update_op, (torch.zeros(16), torch.ones(16), None, mean.detach(), invstd.detach(),
-                                           0.1, False, backend))
-    torch.library.opcheck(mod._update_op, (torch.zeros(16), torch.ones(16), torch.tensor(3), mean.detach(),
+    zeros, ones = torch.zeros(16, device=dev), torch.ones(16, device=dev)
+    torch.library.opcheck(mod._update_op, (zeros, ones, None, mean.detach(), invstd.detach(), 0.1, False, backend))
+    torch.library.opcheck(mod._update_op, (zeros.clone(), ones.clone(), torch.tensor(3, device=dev), mean.detach(),
                                            invstd.detach(), 0.0, True, backend))
 
 
@@ -370,11 +381,11 @@ def test_torch_compile_fullgraph(compile_backend):
     _triton_ready()
     import regnet_kernels as rk
 
-    ref = _tiny_net()
+    ref = _tiny_net().to(DEVICE)
     model = rk.optimize(copy.deepcopy(ref), backend="triton")
     torch._dynamo.reset()
     cmodel = torch.compile(model, fullgraph=True, backend=compile_backend)
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
     out = cmodel(x)
     out.square().sum().backward()
     ref_out = ref(x)
@@ -392,10 +403,10 @@ def test_torch_compile_fullgraph(compile_backend):
 def test_reference_count_identity():
     """The sum of a tiny conv over all outputs equals a hand count: guards the implicit-GEMM indexing."""
     _triton_ready()
-    x = torch.ones(1, 2, 3, 3)
-    w = torch.ones(2, 1, 3, 3)
-    out = conv_bn_act(x, w, None, None, torch.zeros(2), torch.ones(2) - 1e-5, groups=2, training=False,
-                      activation=None, backend="triton", eps=1e-5)
+    x = torch.ones(1, 2, 3, 3, device=DEVICE)
+    w = torch.ones(2, 1, 3, 3, device=DEVICE)
+    out = conv_bn_act(x, w, None, None, torch.zeros(2, device=DEVICE), torch.ones(2, device=DEVICE) - 1e-5, groups=2,
+                      training=False, activation=None, backend="triton", eps=1e-5).cpu()
     # each output pixel sums the 3x3 window inside the zero-padded 3x3 image: corners 4, edges 6, centre 9
     expect = torch.tensor([[4.0, 6, 4], [6, 9, 6], [4, 6, 4]])
     assert torch.allclose(out[0, 0], expect, atol=1e-4) and torch.allclose(out[0, 1], expect, atol=1e-4)

@@ -11,15 +11,13 @@ from torch import nn
 
 import regnet_kernels as rk
 from _numerics import check, rel_err
-from regnet_kernels import backends
-from regnet_kernels.models import RegNet, RegNetParams, ResBottleneckBlock, get_model, get_model_params
+from conftest import DEVICE, kernel_ready
+from regnet_kernels.models import RegNet, RegNetParams, ResBottleneckBlock, get_model
 from regnet_kernels.nn import FusedBottleneck, FusedConvBNAct2d
 
 
 def _triton_ready():
-    reason = backends.why_not("triton", [torch.empty(1)], "bottleneck")
-    if reason is not None:
-        pytest.skip(f"triton backend unavailable here: {reason}")
+    kernel_ready("triton", "bottleneck")
 
 
 TINY_Y = RegNetParams(depth=3, w_0=16, w_a=8, w_m=2.0, group_width=8, se_ratio=0.25, stem_width=16)
@@ -42,18 +40,18 @@ def train_steps(model, xs, steps=2, lr=0.1):
 
 
 def _state(model, losses, xs):
-    res = {f"loss{i}": v for i, v in enumerate(losses)}
+    res = {f"loss{i}": v.cpu() for i, v in enumerate(losses)}
     for n, p in model.named_parameters():
         assert p.grad is not None, f"{n}: no gradient"
-        res[f"grad:{n}"] = p.grad.detach().clone()
-        res[f"param:{n}"] = p.detach().clone()
+        res[f"grad:{n}"] = p.grad.detach().cpu()
+        res[f"param:{n}"] = p.detach().cpu()
     for n, b in model.named_buffers():
-        res[f"buffer:{n}"] = b.detach().clone()
+        res[f"buffer:{n}"] = b.detach().cpu()
     model.eval()
     with torch.no_grad():
-        res["eval_out"] = model(xs[0]).detach()
+        res["eval_out"] = model(xs[0]).detach().cpu()
     # eval with autograd on takes the per-op path (the block op is inference-only): it must agree too
-    res["eval_out_grad_enabled"] = model(xs[0]).detach()
+    res["eval_out_grad_enabled"] = model(xs[0]).detach().cpu()
     model.train()
     return res
 
@@ -66,9 +64,11 @@ def assert_model_parity(fused, ref, xs, steps=2, k=2.0, floor=1e-5):
     float64 there, and SGD with momentum carries rounding from step to step: hence the rule rather than a
     fixed bound, and a 1e-5 floor (a different but equally valid fp32 summation order lands at a few 1e-6
     on gradients of size 1e-5; the per-op tests hold the strict 1e-6 floor and 1e-4 bound)."""
-    oracle = copy.deepcopy(ref).double()
-    got = _state(fused, train_steps(fused, xs, steps), xs)
-    eager = _state(ref, train_steps(ref, xs, steps), xs)
+    oracle = copy.deepcopy(ref).double()  # on the CPU
+    fused, ref = fused.to(DEVICE), ref.to(DEVICE)
+    xs_dev = [x.to(DEVICE) for x in xs]
+    got = _state(fused, train_steps(fused, xs_dev, steps), xs_dev)
+    eager = _state(ref, train_steps(ref, xs_dev, steps), xs_dev)
     xs64 = [x.double() for x in xs]
     gold = _state(oracle, train_steps(oracle, xs64, steps), xs64)
     assert list(got) == list(gold)
@@ -175,17 +175,17 @@ def test_block_low_precision(kind, dtype):
         xx = x.detach().clone().requires_grad_(True)
         out = model(xx)
         go = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
-        out.backward(go.to(out.dtype))
+        out.backward(go.to(device=out.device, dtype=out.dtype))
         res = {"out": out.detach(), "dx": xx.grad}
         res.update({n: p.grad for n, p in model.named_parameters()})
         res.update({n: b for n, b in model.named_buffers() if b.is_floating_point()})
-        return res
+        return {k: v.cpu() for k, v in res.items()}
 
-    fused = rk.optimize(copy.deepcopy(holder), backend="triton")
+    fused = rk.optimize(copy.deepcopy(holder), backend="triton").to(DEVICE)
     assert isinstance(fused[0], FusedBottleneck)
-    got = run(fused, x)
-    eager = run(holder, x)
-    ref = run(copy.deepcopy(holder).double(), x.double())
+    got = run(fused, x.to(DEVICE))
+    eager = run(holder.to(DEVICE), x.to(DEVICE))
+    ref = run(copy.deepcopy(holder).cpu().double(), x.double())
     for key in ref:
         check(key, got[key], eager[key], ref[key], dtype)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from _numerics import check, rel_err
-from regnet_kernels import backends
+from conftest import DEVICE, KERNEL_BACKENDS, kernel_ready
 from regnet_kernels.models import SqueezeExcitation
 from regnet_kernels.nn import FusedSqueezeExcite
 from regnet_kernels.ops import squeeze_excite
@@ -27,10 +27,8 @@ SHAPES = {
 }
 
 
-def _triton_ready():
-    reason = backends.why_not("triton", [torch.empty(1)], "squeeze_excite")
-    if reason is not None:
-        pytest.skip(f"triton backend unavailable here: {reason}")
+def _triton_ready(backend="triton"):
+    kernel_ready(backend, "squeeze_excite")
 
 
 def make_se(C, S, seed=0):
@@ -52,27 +50,28 @@ def make_x(shape, dtype, layout="nchw", seed=1):
 
 
 def run(se, x, param_dtype, fused_backend=None):
-    se = copy.deepcopy(se).to(param_dtype)
+    dev = torch.device("cpu") if param_dtype == torch.float64 else DEVICE  # the float64 oracle on the CPU
+    se = copy.deepcopy(se).to(device=dev, dtype=param_dtype)
     mod = FusedSqueezeExcite(se, backend=fused_backend) if fused_backend else se
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().clone().to(dev).requires_grad_(True)
     out = mod(x)
-    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out.dtype)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device=dev, dtype=out.dtype)
     out.backward(go)
-    res = {"out": out.detach(), "dx": x.grad}
+    res = {"out": out.detach().cpu(), "dx": x.grad.cpu()}
     for n, p in se.named_parameters():
-        res[n] = p.grad
+        res[n] = p.grad.cpu()
     res["channels_last"] = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     return res
 
 
-def compare(shape, dtype, layout="nchw"):
-    _triton_ready()
+def compare(shape, dtype, layout="nchw", backend="triton"):
+    _triton_ready(backend)
     N, C, S, H, W = shape
     se = make_se(C, S)
     x = make_x(shape, dtype, layout)
     # the fused op keeps the SE parameters in fp32 (they are tiny); eager at the same activation dtype
     # runs the whole module in that dtype, which is the yardstick
-    got = run(se, x, torch.float32, "triton")
+    got = run(se, x, torch.float32, backend)
     eager = run(se, x, dtype)
     ref = run(se, x.double(), torch.float64)
     for key in ("out", "dx", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
@@ -83,22 +82,25 @@ def compare(shape, dtype, layout="nchw"):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_triton_matches_oracle(name, dtype):
-    compare(SHAPES[name], dtype)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_match_oracle(backend, name, dtype):
+    compare(SHAPES[name], dtype, backend=backend)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "noncontig"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_layouts(dtype, layout):
-    got = compare(SHAPES["odd_9x9"], dtype, layout)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_layouts(backend, dtype, layout):
+    got = compare(SHAPES["odd_9x9"], dtype, layout, backend=backend)
     assert got["channels_last"] == (layout == "channels_last")
 
 
-def test_no_bias_and_2d_weights():
-    _triton_ready()
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_no_bias_and_2d_weights(backend):
+    _triton_ready(backend)
     x = make_x(SHAPES["7x7"], torch.float32)
     w1, w2 = torch.randn(4, 16) * 0.3, torch.randn(16, 4) * 0.3
-    a = squeeze_excite(x, w1, None, w2, None, backend="triton")
+    a = squeeze_excite(x.to(DEVICE), w1.to(DEVICE), None, w2.to(DEVICE), None, backend=backend).cpu()
     b = squeeze_excite(x, w1, None, w2, None, backend="eager")
     ref = x.double() * torch.sigmoid(torch.relu(x.double().mean((2, 3)) @ w1.double().t()) @ w2.double().t())[
         :, :, None, None]
@@ -136,15 +138,15 @@ def test_errors_name_the_problem():
         squeeze_excite(x, w1.to("meta"), b1, w2, b2)
 
 
-@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 def test_opcheck(backend):
-    if backend == "triton":
-        _triton_ready()
+    if backend != "eager":
+        _triton_ready(backend)
     mod = importlib.import_module("regnet_kernels.ops.squeeze_excite")
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 5, 5, requires_grad=True)
-    params = [t.requires_grad_() for t in (torch.randn(4, 16, 1, 1), torch.randn(4), torch.randn(16, 4, 1, 1),
-                                           torch.randn(16))]
+    x = torch.randn(2, 16, 5, 5, device=DEVICE, requires_grad=True)
+    params = [t.to(DEVICE).requires_grad_() for t in (torch.randn(4, 16, 1, 1), torch.randn(4),
+                                                      torch.randn(16, 4, 1, 1), torch.randn(16))]
     torch.library.opcheck(mod._se_op, (x, *params, backend))
     torch.library.opcheck(mod._se_op, (x, params[0], None, params[2], None, backend))
     out, pooled, gate = mod._se_op(x, *params, backend)
@@ -154,12 +156,13 @@ def test_opcheck(backend):
 
 def test_torch_compile_fullgraph():
     _triton_ready()
-    se = make_se(16, 4)
+    se = make_se(16, 4).to(DEVICE)
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), FusedSqueezeExcite(copy.deepcopy(se), backend="triton"))
+    model = model.to(DEVICE)
     ref = nn.Sequential(copy.deepcopy(model[0]), se)
     torch._dynamo.reset()
     cmodel = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(2, 8, 7, 7)
+    x = torch.randn(2, 8, 7, 7, device=DEVICE)
     out = cmodel(x)
     out.square().sum().backward()
     r = ref(x)
