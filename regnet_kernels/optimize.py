@@ -226,6 +226,11 @@ def restore(model: nn.Module) -> nn.Module:
     for name, child in list(model.named_children()):
         if is_fused(child):
             original = child.__dict__[_ORIGINAL]
+            # the fused module's current children win: they may have been swapped since optimize()
+            # (e.g. nn.SyncBatchNorm.convert_sync_batchnorm) and the original must see the same ones
+            for sub_name, sub in child.named_children():
+                if sub_name in original._modules:
+                    original._modules[sub_name] = sub
             restore(original)
             original.train(child.training)
             setattr(model, name, original)

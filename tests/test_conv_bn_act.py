@@ -353,13 +353,13 @@ def test_opcheck(backend):
     g = (torch.rand(16, device=dev) + 0.5).requires_grad_()
     b = torch.randn(16, device=dev).requires_grad_()
     rm, rv = torch.randn(16, device=dev), torch.rand(16, device=dev) + 0.5
-    torch.library.opcheck(mod._train_op, (x, w, g, b, 1, 1, 2, 1e-5, True, backend))
-    torch.library.opcheck(mod._train_op, (x, w, None, None, 2, 1, 2, 1e-5, False, backend))
+    torch.library.opcheck(mod._train_op, (x, w, g, b, 1, 1, 2, 1e-5, True, -1, backend))
+    torch.library.opcheck(mod._train_op, (x, w, None, None, 2, 1, 2, 1e-5, False, -1, backend))
     torch.library.opcheck(mod._eval_op, (x, w, g, b, rm, rv, 1, 1, 2, 1e-5, True, backend))
-    out, y, mean, invstd, _ = mod._train_op(x, w, g, b, 1, 1, 2, 1e-5, True, backend)
+    out, y, mean, invstd, _ = mod._train_op(x, w, g, b, 1, 1, 2, 1e-5, True, -1, backend)
     go = torch.randn_like(out)
     torch.library.opcheck(mod._train_bwd_op, (go, x.detach(), w.detach(), y, mean, invstd, g.detach(), b.detach(),
-                                              1, 1, 2, True, [True, True, True, True], backend))
+                                              1, 1, 2, True, [True, True, True, True], -1, backend))
     zeros, ones = torch.zeros(16, device=dev), torch.ones(16, device=dev)
     torch.library.opcheck(mod._update_op, (zeros, ones, None, mean.detach(), invstd.detach(), 0.1, False, backend))
     torch.library.opcheck(mod._update_op, (zeros.clone(), ones.clone(), torch.tensor(3, device=dev), mean.detach(),

@@ -5,7 +5,8 @@ Recognised by structure: torchvision's (and our zoo's) ``ResBottleneckBlock`` (c
 downsample, act3, drop_path``). The original children stay under their original names, so the
 ``state_dict`` is unchanged. Where the fused block cannot run a call (BatchNorms in mixed train/eval
 modes, eval mode without running statistics, gradients requested in eval mode, or a backend without a
-block kernel) it runs the original block's forward, whose conv-BN-ReLU pieces are themselves fused.
+block kernel) it runs the block's forward over its children, whose conv-BN-ReLU pieces are themselves
+fused.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ import torch
 from torch import nn
 
 from regnet_kernels import backends as _backends
+from regnet_kernels.distributed import sync_enabled
 from regnet_kernels.nn.conv_bn_act import activation_name, bn_unsupported_reason, computes, conv_unsupported_reason
 from regnet_kernels.nn.squeeze_excite import se_structure
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
 
 __all__ = ["FusedBottleneck", "BottleneckLayout", "match_bottleneck"]
-
-_ORIGINAL = "_regnet_kernels_original"
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ def _conv_bn_act_of(m: nn.Module, prefix: str):
         act_mod = getattr(bn, "act", None)
     else:
         return None, None, f"{prefix or 'module'} is not a conv -> BatchNorm (-> act) container"
+    if isinstance(bn, nn.SyncBatchNorm):
+        return None, None, "SyncBatchNorm in the block (fused per op instead, with cross-rank statistics)"
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
         return None, None, f"{prefix} is not conv -> BatchNorm"
     reason = conv_unsupported_reason(conv) or bn_unsupported_reason(bn, conv.out_channels)
@@ -215,16 +217,22 @@ class FusedBottleneck(nn.Module):
         return convs, bns, fcs
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
-        original = self.__dict__.get(_ORIGINAL)
-        if original is None:
-            raise RuntimeError("FusedBottleneck cannot run this call fused and was not built by "
-                               "regnet_kernels.optimize (no original block to fall back to)")
-        return original(x)
+        """The block's own forward over this module's current children (themselves fused per op where
+        possible): the children, not a stored copy of the block, so a later child swap (e.g.
+        ``convert_sync_batchnorm``) is honoured."""
+        m = self._modules
+        if self.layout.style == "torchvision":
+            short = m["proj"](x) if "proj" in m else x
+            return m["activation"](short + m["f"](x))
+        y = m["conv3"](m["se"](m["conv2"](m["conv1"](x))))
+        return m["act3"](m["drop_path"](y) + m["downsample"](x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         convs, bns, fcs = self._pieces()
         training = bns[0].training
         if any(bn.training != training for bn in bns):
+            return self._fallback(x)
+        if any(sync_enabled(bn) for bn in bns):  # converted to SyncBatchNorm after optimize()
             return self._fallback(x)
         weights = [c.weight for c in convs]
         if torch.is_autocast_enabled(x.device.type):

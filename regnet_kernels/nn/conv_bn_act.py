@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from regnet_kernels.distributed import sync_enabled
 from regnet_kernels.ops.conv_bn_act import conv_bn_act
 
 __all__ = ["FusedConvBNAct2d", "conv_unsupported_reason", "bn_unsupported_reason", "activation_name", "computes"]
@@ -30,6 +31,9 @@ def conv_unsupported_reason(conv: nn.Module) -> Optional[str]:
 
 def bn_unsupported_reason(bn: nn.Module, channels: int) -> Optional[str]:
     """Why ``bn`` cannot be fused after a conv with ``channels`` outputs (None when it can)."""
+    if type(bn) is nn.SyncBatchNorm:
+        return None if bn.num_features == channels else (
+            f"BatchNorm has {bn.num_features} features but the conv has {channels} output channels")
     if not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not an nn.BatchNorm2d"
     # a subclass is accepted only with the norm-act contract (timm's BatchNormAct2d: batch norm, then
@@ -81,7 +85,8 @@ class FusedConvBNAct2d(nn.Module):
     checkpoints and ``load_state_dict`` keep working. BatchNorm semantics are ``nn.BatchNorm2d``'s:
     batch statistics in training (running statistics updated with momentum or the cumulative average,
     ``num_batches_tracked`` incremented), running statistics in eval, and batch statistics whenever
-    ``track_running_stats=False``.
+    ``track_running_stats=False``. An ``nn.SyncBatchNorm`` (before or after :func:`regnet_kernels.optimize`)
+    reduces its batch statistics across its process group in training, on any torch.distributed backend.
 
     Args:
         conv: ``nn.Conv2d`` without bias, dilation 1, zero padding, square stride and padding.
@@ -155,4 +160,5 @@ class FusedConvBNAct2d(nn.Module):
             stride=conv.stride[0], padding=conv.padding[0], groups=conv.groups,
             training=use_batch_stats, momentum=bn.momentum, eps=bn.eps,
             activation=self.activation, backend=self.backend,
+            sync_batch_stats=sync_enabled(bn), process_group=getattr(bn, "process_group", None),
         )

@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from regnet_kernels import backends as _backends
+from regnet_kernels import distributed as _dist
 from regnet_kernels.ops.conv_bn_act import reference as _ref
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
@@ -128,15 +129,19 @@ def _train_op(
     groups: int,
     eps: float,
     relu: bool,
+    sync_group: int,
     backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     impl = _impl(backend, (x, weight, gamma, beta))
+    if sync_group >= 0:
+        return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu,
+                                      group=_dist.get_group(sync_group))
     return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu)
 
 
 @_train_op.register_fake
-def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, backend):
+def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, backend):
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     out = _empty_out(x, weight, stride, padding)
     C = weight.shape[0]
@@ -160,11 +165,13 @@ def _train_bwd_op(
     groups: int,
     relu: bool,
     output_mask: List[bool],
+    sync_group: int,
     backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = _impl(backend, (grad_out, x, weight, y, gamma, beta))
+    kw = {"group": _dist.get_group(sync_group)} if sync_group >= 0 else {}
     grads = impl.conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding,
-                                            groups, relu, output_mask)
+                                            groups, relu, output_mask, **kw)
     return _fill_grads(grads, x, weight, gamma, beta)
 
 
@@ -190,15 +197,16 @@ def _fake_grads(x, weight, gamma, beta, output_mask):
 
 
 @_train_bwd_op.register_fake
-def _(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, output_mask, backend):
+def _(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, output_mask, sync_group,
+      backend):
     return _fake_grads(x, weight, gamma, beta, output_mask)
 
 
 def _train_setup_context(ctx, inputs, output):
-    x, weight, gamma, beta, stride, padding, groups, eps, relu, backend = inputs
+    x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, backend = inputs
     out, y, mean, invstd, var_unb = output
     ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
-    ctx.conf = (stride, padding, groups, relu, backend)
+    ctx.conf = (stride, padding, groups, relu, sync_group, backend)
     ctx.mark_non_differentiable(y, mean, invstd, var_unb)
 
 
@@ -208,15 +216,18 @@ def _unfill(t: torch.Tensor, wanted: bool):
 
 def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
     x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
-    stride, padding, groups, relu, backend = ctx.conf
+    stride, padding, groups, relu, sync_group, backend = ctx.conf
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
     if grad_out is None or not any(mask):
-        return (None,) * 10
+        if sync_group >= 0:
+            # every rank must take part in the collective, whatever it needs locally
+            mask = [True, False, False, False]
+        else:
+            return (None,) * 11
     dx, dw, dg, db = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups,
-                                   relu, mask, backend)
-    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3]),
-            None, None, None, None, None, None)
+                                   relu, mask, sync_group, backend)
+    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3])) + (None,) * 7
 
 
 _train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
@@ -365,6 +376,8 @@ def conv_bn_act(
     eps: float = 1e-5,
     activation: Optional[str] = "relu",
     backend: Optional[str] = "auto",
+    sync_batch_stats: bool = False,
+    process_group=None,
 ) -> torch.Tensor:
     """Fused ``act(batch_norm(conv2d(x, weight)))``: one op forward and backward.
 
@@ -385,6 +398,9 @@ def conv_bn_act(
         momentum, eps: BatchNorm's.
         activation: ``"relu"`` or ``None``.
         backend: ``"auto"``, ``"eager"``, ``"triton"`` or ``"cuda"`` (see :mod:`regnet_kernels.backends`).
+        sync_batch_stats: in training, compute batch statistics across the ranks of ``process_group``
+            (default: WORLD) as ``nn.SyncBatchNorm`` does; any torch.distributed backend, CPU included.
+        process_group: the group for ``sync_batch_stats``.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in ``x``'s dtype (the autocast dtype under autocast) and memory format.
@@ -422,8 +438,9 @@ def conv_bn_act(
     if not training:
         return _eval_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride_i, padding_i, groups,
                         float(eps), relu, be)
+    sync = _dist.register_group(process_group) if sync_batch_stats else -1
     out, _y, mean, _invstd, var_unb = _train_op(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups,
-                                                float(eps), relu, be)
+                                                float(eps), relu, sync, be)
     if running_mean is not None:
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)

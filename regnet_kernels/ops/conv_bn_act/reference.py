@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from regnet_kernels import distributed as _dist
+
 
 def out_memory_format(x: torch.Tensor) -> torch.memory_format:
     """channels_last when ``x`` is laid out channels-last (and not also plain contiguous)."""
@@ -50,8 +52,9 @@ def conv_bn_act_train(
     groups: int,
     eps: float,
     relu: bool,
+    group=None,
 ):
-    """Training-mode forward (batch statistics).
+    """Training-mode forward (batch statistics; across the ranks of ``group`` when given).
 
     Returns ``(out, y, mean, invstd, var_unbiased)``: ``out = act(BN(y))`` in ``x.dtype``, ``y`` the
     pre-BN conv output (saved for backward), and fp32 per-channel ``mean``, ``invstd = 1/sqrt(var +
@@ -62,8 +65,11 @@ def conv_bn_act_train(
     yf = y.to(_acc_dtype(y.dtype))
     var, mean = torch.var_mean(yf, dim=(0, 2, 3), unbiased=False)
     count = y.numel() // y.shape[1]
+    if group is not None:
+        mean, var, var_unb, _ = _dist.sync_batch_stats(count, mean, var * count, group)
+    else:
+        var_unb = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("nan"))
     invstd = torch.rsqrt(var + eps)
-    var_unb = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("nan"))
     z = _bn_apply(yf, mean, _scale(gamma, invstd), beta)
     if relu:
         z = torch.relu(z)
@@ -85,6 +91,7 @@ def conv_bn_act_train_backward(
     groups: int,
     relu: bool,
     output_mask: Sequence[bool],
+    group=None,
 ):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
     yf = y.to(_acc_dtype(y.dtype))
@@ -96,7 +103,13 @@ def conv_bn_act_train_backward(
     sum_dz = g.sum(dim=(0, 2, 3))
     sum_dzx = (g * xhat).sum(dim=(0, 2, 3))
     count = y.numel() // y.shape[1]
-    dy = _bcast(scale) * (g - _bcast(sum_dz / count) - xhat * _bcast(sum_dzx / count))
+    mean_dz, mean_dzx = sum_dz / count, sum_dzx / count
+    if group is not None:
+        # the input gradient needs the global means; gamma/beta gradients stay local (DDP averages them),
+        # exactly as nn.SyncBatchNorm does
+        g_dz, g_dzx, n = _dist.sync_sums(sum_dz, sum_dzx, count, group)
+        mean_dz, mean_dzx = g_dz / n, g_dzx / n
+    dy = _bcast(scale) * (g - _bcast(mean_dz) - xhat * _bcast(mean_dzx))
     dy = dy.to(x.dtype)
     dx = dw = None
     if output_mask[0] or output_mask[1]:

@@ -11,28 +11,40 @@ from typing import Optional, Sequence
 
 import torch
 
+from regnet_kernels import distributed as _dist
 from regnet_kernels.ops._triton import bn as _bn
 from regnet_kernels.ops._triton import conv as _conv
 
 
-def conv_bn_act_train(x, weight, gamma, beta, stride: int, padding: int, groups: int, eps: float, relu: bool):
+def conv_bn_act_train(x, weight, gamma, beta, stride: int, padding: int, groups: int, eps: float, relu: bool,
+                      group=None):
     y, part_mean, part_m2, rows = _conv.conv2d_fwd(x, weight, stride, padding, groups, stats=True)
     count = y.numel() // y.shape[1]
     mean, invstd, var_unb, scale, bias = _bn.bn_finalize(part_mean, part_m2, count, rows, gamma, beta, eps)
+    if group is not None:  # SyncBatchNorm: combine every rank's (count, mean, M2)
+        mean, var, var_unb, _ = _dist.sync_batch_stats(count, mean, _dist.local_m2(var_unb, count), group)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if gamma is None else gamma.float() * invstd
     out = _bn.bn_act(y, (mean, scale, bias), relu)
     return out, y, mean, invstd, var_unb
 
 
 def conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta, stride: int, padding: int,
-                               groups: int, relu: bool, output_mask: Sequence[bool]):
+                               groups: int, relu: bool, output_mask: Sequence[bool], group=None):
     scale = invstd if gamma is None else gamma.float() * invstd
     bias = torch.zeros_like(mean) if beta is None else beta.float()
     sum_dz, sum_dzx, _ = _bn.bn_bwd_reduce(grad_out, y, train=True, relu=relu, mean=mean, invstd=invstd,
                                             scale=scale, bias=bias)
+    count = y.numel() // y.shape[1]
+    s_dz, s_dzx = sum_dz, sum_dzx
+    if group is not None:
+        # global sums for the input gradient (pre-divided: the count is a device tensor now); gamma/beta
+        # gradients stay local, as nn.SyncBatchNorm's
+        g_dz, g_dzx, n = _dist.sync_sums(sum_dz, sum_dzx, count, group)
+        s_dz, s_dzx, count = g_dz / n, g_dzx / n, 1
     dx = dw = None
     if output_mask[0] or output_mask[1]:
-        count = y.numel() // y.shape[1]
-        dy = _bn.bn_bwd_dy(grad_out.to(y.dtype), y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu, count)
+        dy = _bn.bn_bwd_dy(grad_out.to(y.dtype), y, mean, invstd, scale, bias, s_dz, s_dzx, relu, count)
         if output_mask[0]:
             dx = _conv.conv2d_dgrad(dy, weight, x.shape, stride, padding, groups, like=x)
         if output_mask[1]:
