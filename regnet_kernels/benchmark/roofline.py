@@ -1,0 +1,757 @@
+"""Traffic, launch and roofline model of a RegNet: the bytes each layer must move, in three regimes.
+
+This is a *model*, not a measurement: pure integer arithmetic over the block specs of
+:meth:`regnet_kernels.models.RegNetParams.blocks`, no tensors. Everything the report prints from
+here is labelled ``kind: "model"``.
+
+Regimes (PERFORMANCE.md's definitions):
+
+``eager``
+    Every op reads its inputs and writes its output: conv, BN, ReLU, pool, FC, sigmoid, mul, add,
+    one kernel each, exactly what autograd runs.
+``fused``
+    Each conv reads its input once and writes its output once; BN statistics, ReLU, the SE pool and
+    the SE scale ride in conv prologues/epilogues (DESIGN.md §3).
+``block_fused``
+    A whole bottleneck per pass (inference). RegNetY blocks take three launches, because the SE
+    gate needs a global pool of conv b's output before conv c may start: pass 1 (a, b, pool),
+    the SE FCs, pass 2 (scale, c, proj, add, ReLU). In training, BN batch statistics are a
+    device-wide barrier after every conv, so a bottleneck cannot be one pass: ``block_fused``
+    training is modelled as ``fused`` training.
+
+Counting rules (all regimes):
+
+* Activation bytes: ``N * C * H * W * dtype_bytes`` per tensor read or written. A kernel reading a
+  tensor reads all of it (also the strided 1x1 projection).
+* Weights count once per kernel that uses them, at the compute dtype; each forward BN kernel also
+  moves four fp32 per-channel vectors (:data:`BN_CHANNEL_BYTES` per channel). Per-channel traffic
+  in the backward pass, autocast weight casts and the loss's int64 targets are not modelled (each
+  well under 0.1 %). The loss runs in fp32 (autocast does).
+* FLOPs: ``2 * MACs`` for every conv / FC forward, dgrad and wgrad; pointwise ops count 0.
+* Floor: each kernel costs ``max(bytes / bandwidth, flops / peak)``; the model's floor is the sum
+  over kernels (no two kernels overlap). This reproduces PERFORMANCE.md's floor table.
+
+Training step = forward + backward + SGD(momentum) on fp32 master weights (read param, grad and
+momentum, write param and momentum: 20 bytes per parameter). Backward models:
+
+* eager: autograd's kernels. ReLU backward reads grad and output, writes grad; BN backward is a
+  reduction pass (reads grad, input) plus an elementwise pass (reads grad, input, writes grad);
+  conv backward is dgrad (reads grad, weights, writes input grad; none for the stem, whose input
+  needs no grad) and wgrad (reads grad and input, writes the weight grad); an add's backward is
+  free, but a tensor used twice (block input: shortcut and conv a; SE input: pool and mul) gets
+  its gradients summed by an add kernel; BN training forward is two kernels (statistics, then
+  normalise), as in ATen.
+* fused (DESIGN.md §3): forward convs write only the pre-BN output and per-channel partial sums;
+  a tiny finalize kernel makes the statistics; normalise + ReLU (+ SE scale) are applied as the
+  next conv loads its input. In training two passes cannot be avoided: the SE pool (needs b's
+  statistics) and the residual tail ``relu(BN(c) + shortcut)`` (needs c's statistics). Backward
+  saves pre-BN outputs only: dgrad and wgrad each form ``dY`` on load from the incoming gradient,
+  the saved pre-BN output (and the ReLU mask's tensor) and the statistics; BN backward reductions
+  ride in the epilogue of the kernel that writes their incoming gradient (reading the saved
+  pre-BN output there), except after the SE gate, whose gradient needs a global reduction first
+  (one extra pass). The identity shortcut's gradient is added in conv a's dgrad epilogue; the
+  projection's dgrad adds conv a's input gradient in its epilogue.
+
+Launches are counted per kernel (eager forward: one per op, as PERFORMANCE.md counts; BN training
+forward: two). The SGD step counts three multi-tensor launches (an approximation: chunking can add
+a few).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "REGIMES",
+    "MODES",
+    "DTYPE_BYTES",
+    "BN_CHANNEL_BYTES",
+    "DeviceSpec",
+    "DEVICES",
+    "match_device",
+    "Kernel",
+    "Layer",
+    "Traffic",
+    "ConvShape",
+    "conv_out",
+    "model_traffic",
+    "conv_bn_act_traffic",
+    "PUBLISHED_FLOORS",
+]
+
+REGIMES: Tuple[str, ...] = ("eager", "fused", "block_fused")
+MODES: Tuple[str, ...] = ("infer", "train")
+DTYPE_BYTES: Dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
+#: Bytes per channel a forward BN kernel moves: four fp32 vectors (mean, var or invstd, gamma, beta).
+BN_CHANNEL_BYTES = 16
+#: fp32 bytes of the loss (autocast runs cross-entropy in fp32).
+_LOSS_BYTES = 4
+#: SGD with momentum on fp32 master weights: read param, grad, momentum; write param, momentum.
+_SGD_BYTES_PER_PARAM = 5 * 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Datasheet (and measured, where known) ceilings of one GPU, dense, no sparsity.
+
+    Attributes:
+        key: short identifier (``"h100_sxm"``).
+        name: display name.
+        hbm_tbps: HBM bandwidth from the datasheet, TB/s (1e12 bytes/s).
+        hbm_tbps_measured: device-to-device copy bandwidth measured on this project's machines
+            (PERFORMANCE.md), TB/s, or None.
+        tensor_tflops: dense bf16/fp16 tensor-core rate, TFLOP/s.
+        tf32_tflops: dense TF32 tensor-core rate (what cuDNN uses for fp32 convs by default).
+        fp32_tflops: non-tensor fp32 rate.
+        sms: streaming multiprocessors.
+        l2_bytes: L2 cache size.
+    """
+
+    key: str
+    name: str
+    hbm_tbps: float
+    hbm_tbps_measured: Optional[float]
+    tensor_tflops: float
+    tf32_tflops: float
+    fp32_tflops: float
+    sms: int
+    l2_bytes: int
+
+    def bandwidth(self, measured: bool = False) -> float:
+        """HBM bytes/s: the datasheet figure, or the measured copy bandwidth when asked and known."""
+        tbps = self.hbm_tbps_measured if (measured and self.hbm_tbps_measured) else self.hbm_tbps
+        return tbps * 1e12
+
+    def peak_flops(self, dtype: str) -> float:
+        """FLOP/s of the unit a conv in ``dtype`` runs on (fp32: TF32 tensor cores, torch's default)."""
+        return (self.tf32_tflops if dtype == "fp32" else self.tensor_tflops) * 1e12
+
+    @property
+    def ridge_flop_per_byte(self) -> float:
+        """bf16 FLOP/byte above which a kernel is compute-bound (datasheet figures)."""
+        return self.tensor_tflops / self.hbm_tbps
+
+
+#: PERFORMANCE.md's hardware table (TF32 = half the bf16 dense rate, from the same datasheets).
+DEVICES: Dict[str, DeviceSpec] = {
+    "h100_sxm": DeviceSpec("h100_sxm", "H100 SXM", 3.35, 3.0, 989.0, 494.5, 67.0, 132, 50 * 2**20),
+    "h100_pcie": DeviceSpec("h100_pcie", "H100 PCIe", 2.0, None, 756.0, 378.0, 51.0, 114, 50 * 2**20),
+    "h200": DeviceSpec("h200", "H200 SXM", 4.8, 4.3, 989.0, 494.5, 67.0, 132, 50 * 2**20),
+}
+
+
+def match_device(gpu_name: Optional[str]) -> Optional[DeviceSpec]:
+    """The :data:`DEVICES` entry for a CUDA device name (``torch.cuda.get_device_name()``), or None.
+
+    ``"NVIDIA H100 80GB HBM3"`` is the SXM part, ``"NVIDIA H100 PCIe"`` the PCIe one, anything with
+    ``H200`` the H200. Other GPUs (H100 NVL included: its figures differ) get None: no floor.
+    """
+    if not gpu_name:
+        return None
+    n = gpu_name.upper()
+    if "H200" in n:
+        return DEVICES["h200"]
+    if "H100" in n:
+        if "PCIE" in n:
+            return DEVICES["h100_pcie"]
+        if "NVL" in n:
+            return None
+        return DEVICES["h100_sxm"]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cost records
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel (or one fused epilogue: ``launches=0``) and what it moves.
+
+    Attributes:
+        op: what it does (``"conv"``, ``"bn"``, ``"relu"``, ``"dgrad"``, ``"tail"``...).
+        read: activation bytes read.
+        write: activation bytes written.
+        weight: parameter-sized bytes read or written (weights, weight gradients, BN vectors).
+        flops: floating-point operations (2 x MACs for convs and FCs, else 0).
+        launches: kernel launches (0 for work riding in another kernel's epilogue).
+        phase: ``"fwd"``, ``"bwd"`` or ``"opt"``.
+    """
+
+    op: str
+    read: int = 0
+    write: int = 0
+    weight: int = 0
+    flops: int = 0
+    launches: int = 1
+    phase: str = "fwd"
+
+    @property
+    def bytes(self) -> int:
+        """All bytes moved through HBM."""
+        return self.read + self.write + self.weight
+
+    def floor_s(self, device: DeviceSpec, dtype: str, measured_bw: bool = False) -> float:
+        """Seconds this kernel needs at least: ``max(bytes / bandwidth, flops / peak)``."""
+        return max(self.bytes / device.bandwidth(measured_bw), self.flops / device.peak_flops(dtype))
+
+
+@dataclass
+class Layer:
+    """The kernels of one layer (``stem``, ``block2-0.b``, ``block2-0.se``, ``head``...).
+
+    Attributes:
+        name: layer name, torchvision's block names with the op inside the block after a dot.
+        group: ``"stem"``, ``"stage1"`` .. ``"stageS"``, ``"head"`` or ``"optimizer"``.
+        kernels: what runs for it, forward and (in training) backward.
+    """
+
+    name: str
+    group: str
+    kernels: List[Kernel] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(k.bytes for k in self.kernels)
+
+    @property
+    def flops(self) -> int:
+        return sum(k.flops for k in self.kernels)
+
+    @property
+    def launches(self) -> int:
+        return sum(k.launches for k in self.kernels)
+
+
+@dataclass
+class Traffic:
+    """Modelled traffic of one (model, regime, mode, batch, resolution, dtype).
+
+    Attributes:
+        model: model name (or ``"custom"``).
+        regime: one of :data:`REGIMES`.
+        mode: ``"infer"`` (one forward) or ``"train"`` (forward + backward + SGD step).
+        batch, resolution, dtype: the workload.
+        layers: per-layer kernels, in forward order.
+        params: parameter count (from the specs).
+        note: caveat for this regime and mode, if any.
+    """
+
+    model: str
+    regime: str
+    mode: str
+    batch: int
+    resolution: int
+    dtype: str
+    layers: List[Layer]
+    params: int
+    note: str = ""
+
+    @property
+    def kernels(self) -> List[Kernel]:
+        return [k for layer in self.layers for k in layer.kernels]
+
+    @property
+    def bytes(self) -> int:
+        return sum(k.bytes for k in self.kernels)
+
+    @property
+    def flops(self) -> int:
+        return sum(k.flops for k in self.kernels)
+
+    @property
+    def launches(self) -> int:
+        return sum(k.launches for k in self.kernels)
+
+    def launches_by_phase(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for k in self.kernels:
+            out[k.phase] = out.get(k.phase, 0) + k.launches
+        return out
+
+    def bytes_by_op(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for k in self.kernels:
+            out[k.op] = out.get(k.op, 0) + k.bytes
+        return out
+
+    def by_group(self) -> Dict[str, int]:
+        """Bytes per layer group (stem, stage1..S, head, optimizer), in forward order."""
+        out: Dict[str, int] = {}
+        for layer in self.layers:
+            out[layer.group] = out.get(layer.group, 0) + layer.bytes
+        return out
+
+    def floor_ms(self, device: DeviceSpec, measured_bw: bool = False) -> float:
+        """Sum over kernels of ``max(bytes / bandwidth, flops / peak)``, in milliseconds."""
+        return 1e3 * sum(k.floor_s(device, self.dtype, measured_bw) for k in self.kernels)
+
+    def group_floor_ms(self, device: DeviceSpec) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for layer in self.layers:
+            t = 1e3 * sum(k.floor_s(device, self.dtype) for k in layer.kernels)
+            out[layer.group] = out.get(layer.group, 0.0) + t
+        return out
+
+    def summary(self, devices: Sequence[DeviceSpec] = ()) -> dict:
+        """JSON-ready totals, per-group bytes and the floor on each device."""
+        return {
+            "model": self.model,
+            "regime": self.regime,
+            "mode": self.mode,
+            "batch": self.batch,
+            "resolution": self.resolution,
+            "dtype": self.dtype,
+            "bytes": self.bytes,
+            "flops": self.flops,
+            "launches": self.launches,
+            "launches_by_phase": self.launches_by_phase(),
+            "params": self.params,
+            "bytes_by_group": self.by_group(),
+            "floor_ms": {d.key: self.floor_ms(d) for d in devices},
+            "floor_ms_measured_bw": {d.key: self.floor_ms(d, measured_bw=True) for d in devices},
+            "note": self.note,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# One conv (+ BN + act) in its network context
+# ------------------------------------------------------------------------------------------------
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a conv with ``padding = kernel // 2`` (RegNet's "same" padding)."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A conv + BN (+ ReLU) layer's geometry.
+
+    Attributes:
+        n, c_in, h, w: input ``(N, C_in, H, W)``.
+        c_out, kernel, stride, groups: the conv's.
+        relu: whether a ReLU follows the BN.
+    """
+
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    relu: bool = True
+
+    @property
+    def h_out(self) -> int:
+        return conv_out(self.h, self.kernel, self.stride)
+
+    @property
+    def w_out(self) -> int:
+        return conv_out(self.w, self.kernel, self.stride)
+
+    @property
+    def in_elems(self) -> int:
+        return self.n * self.c_in * self.h * self.w
+
+    @property
+    def out_elems(self) -> int:
+        return self.n * self.c_out * self.h_out * self.w_out
+
+    @property
+    def weight_elems(self) -> int:
+        return self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
+
+    @property
+    def macs(self) -> int:
+        return self.out_elems * (self.c_in // self.groups) * self.kernel * self.kernel
+
+
+class _Net:
+    """Per-layer kernel lists for one regime/mode; ``e`` is the activation dtype's byte count."""
+
+    def __init__(self, regime: str, mode: str, e: int):
+        self.regime, self.mode, self.e = regime, mode, e
+        self.train = mode == "train"
+        self.layers: List[Layer] = []
+        self.params = 0
+
+    def add(self, name: str, group: str, kernels: List[Kernel]) -> None:
+        self.layers.append(Layer(name, group, [k for k in kernels if k is not None]))
+
+    # -- eager ---------------------------------------------------------------------------------
+    def eager_cba(self, s: ConvShape, *, needs_dgrad: bool = True) -> List[Kernel]:
+        """conv -> BN (-> ReLU) as autograd runs it."""
+        i, o, w = s.in_elems * self.e, s.out_elems * self.e, s.weight_elems * self.e
+        bnv = BN_CHANNEL_BYTES * s.c_out
+        ks = [Kernel("conv", read=i, write=o, weight=w, flops=2 * s.macs)]
+        if self.train:
+            ks.append(Kernel("bn_stats", read=o, weight=bnv))
+        ks.append(Kernel("bn", read=o, write=o, weight=bnv))
+        if s.relu:
+            ks.append(Kernel("relu", read=o, write=o))
+        if self.train:
+            if s.relu:
+                ks.append(Kernel("relu_bwd", read=2 * o, write=o, phase="bwd"))
+            ks.append(Kernel("bn_bwd_reduce", read=2 * o, phase="bwd"))
+            ks.append(Kernel("bn_bwd", read=2 * o, write=o, phase="bwd"))
+            if needs_dgrad:
+                ks.append(Kernel("dgrad", read=o, write=i, weight=w, flops=2 * s.macs, phase="bwd"))
+            ks.append(Kernel("wgrad", read=o + i, weight=w, flops=2 * s.macs, phase="bwd"))
+        return ks
+
+    def eager_fc(self, n: int, c_in: int, c_out: int, op: str) -> List[Kernel]:
+        """Linear / 1x1 conv with bias on pooled ``(n, c_in)`` features."""
+        e = self.e
+        w = (c_in * c_out + c_out) * e
+        ks = [Kernel(op, read=n * c_in * e, write=n * c_out * e, weight=w, flops=2 * n * c_in * c_out)]
+        if self.train:
+            ks += [
+                Kernel(op + "_dgrad", read=n * c_out * e, write=n * c_in * e, weight=c_in * c_out * e,
+                       flops=2 * n * c_in * c_out, phase="bwd"),
+                Kernel(op + "_wgrad", read=n * (c_in + c_out) * e, weight=c_in * c_out * e,
+                       flops=2 * n * c_in * c_out, phase="bwd"),
+                Kernel(op + "_bias_grad", read=n * c_out * e, weight=c_out * e, phase="bwd"),
+            ]
+        return ks
+
+    def eager_pointwise(self, op: str, elems: int, n_in: int = 1) -> List[Kernel]:
+        """An elementwise op reading ``n_in`` tensors of ``elems`` elements and writing one."""
+        b = elems * self.e
+        return [Kernel(op, read=n_in * b, write=b)]
+
+    def eager_se(self, n: int, c: int, hw: int, s: int) -> List[Kernel]:
+        """``x * sigmoid(fc2(relu(fc1(avgpool(x)))))`` on ``x: (n, c, hw)``."""
+        e, big, small = self.e, n * c * hw * self.e, n * c * self.e
+        ks = [Kernel("se_pool", read=big, write=small)]
+        ks += self.eager_fc(n, c, s, "se_fc1")
+        ks += [Kernel("se_relu", read=n * s * e, write=n * s * e)]
+        ks += self.eager_fc(n, s, c, "se_fc2")
+        ks += [Kernel("se_sigmoid", read=small, write=small), Kernel("se_mul", read=big + small, write=big)]
+        if self.train:
+            ks += [
+                Kernel("se_mul_bwd_x", read=big + small, write=big, phase="bwd"),  # g * gate
+                Kernel("se_mul_bwd_gate", read=2 * big, write=big, phase="bwd"),  # g * x ...
+                Kernel("se_sum", read=big, write=small, phase="bwd"),  # ... summed over H, W
+                Kernel("se_sigmoid_bwd", read=2 * small, write=small, phase="bwd"),
+                Kernel("se_relu_bwd", read=2 * n * s * e, write=n * s * e, phase="bwd"),
+                Kernel("se_pool_bwd", read=small, write=big, phase="bwd"),
+                Kernel("grad_accumulate", read=2 * big, write=big, phase="bwd"),  # pool + mul paths
+            ]
+        return ks
+
+    # -- fused ---------------------------------------------------------------------------------
+    def fused_conv_fwd(self, s: ConvShape, *, extra_read: int = 0, write_elems: Optional[int] = None,
+                       op: str = "conv") -> List[Kernel]:
+        """Fused conv: reads its input once, writes its output once.
+
+        Inference: BN folded, ReLU in the epilogue (one launch). Training: writes the pre-BN output
+        and partial statistics, then a finalize launch makes mean/invstd and updates running stats.
+        """
+        e = self.e
+        i, o, w = s.in_elems * e, (s.out_elems if write_elems is None else write_elems) * e, s.weight_elems * e
+        bnv = BN_CHANNEL_BYTES * s.c_out
+        if self.train:
+            return [Kernel(op, read=i + extra_read, write=o, weight=w, flops=2 * s.macs),
+                    Kernel("bn_finalize", weight=bnv)]
+        return [Kernel(op, read=i + extra_read, write=o, weight=w + bnv, flops=2 * s.macs)]
+
+    def fused_conv_bwd(self, s: ConvShape, *, mask_reads: int = 0, reduce_mask_reads: Optional[int] = None,
+                       dgrad: bool = True, dgrad_extra_read: int = 0,
+                       reduce_in_epilogue: bool = True) -> List[Kernel]:
+        """dgrad + wgrad forming ``dY`` on load from (incoming grad, saved pre-BN output, mask tensors).
+
+        ``mask_reads``: extra bytes each consumer of the incoming gradient must read to form it (e.g.
+        the residual output for the tail ReLU's mask); ``reduce_mask_reads``: the same for the BN
+        reduction (default ``mask_reads``; 0 when another reduction in the same epilogue read it).
+        ``reduce_in_epilogue``: the BN backward reductions ride in the epilogue of the producer of
+        the incoming gradient (reading the pre-BN output there); otherwise they take their own pass.
+        ``dgrad_extra_read``: bytes dgrad's epilogue reads besides (e.g. a gradient it accumulates).
+        """
+        e = self.e
+        i, o, w = s.in_elems * e, s.out_elems * e, s.weight_elems * e
+        g = o  # the incoming gradient has the output's shape
+        red_mask = mask_reads if reduce_mask_reads is None else reduce_mask_reads
+        ks = []
+        if reduce_in_epilogue:
+            ks.append(Kernel("bn_bwd_reduce", read=o + red_mask, launches=0, phase="bwd"))
+        else:
+            ks.append(Kernel("bn_bwd_reduce", read=g + o + red_mask, phase="bwd"))
+        if dgrad:
+            ks.append(Kernel("dgrad", read=g + o + mask_reads + dgrad_extra_read, write=i,
+                             weight=w, flops=2 * s.macs, phase="bwd"))
+        ks.append(Kernel("wgrad", read=g + o + mask_reads + i, weight=w, flops=2 * s.macs, phase="bwd"))
+        return ks
+
+
+def _sgd_kernel(params: int) -> Kernel:
+    return Kernel("sgd_momentum", weight=_SGD_BYTES_PER_PARAM * params, launches=3, phase="opt")
+
+
+def _loss_kernels(n: int, classes: int) -> List[Kernel]:
+    b = n * classes * _LOSS_BYTES
+    return [
+        Kernel("log_softmax", read=b, write=b),
+        Kernel("nll_loss", read=b, write=_LOSS_BYTES),
+        Kernel("nll_loss_bwd", read=_LOSS_BYTES, write=b, phase="bwd"),
+        Kernel("log_softmax_bwd", read=2 * b, write=b, phase="bwd"),
+    ]
+
+
+def _head_kernels(net: _Net, n: int, c: int, hw: int, classes: int) -> List[Kernel]:
+    e = net.e
+    ks = [Kernel("pool", read=n * c * hw * e, write=n * c * e)]
+    fc_w = (c * classes + classes) * e
+    ks.append(Kernel("fc", read=n * c * e, write=n * classes * e, weight=fc_w, flops=2 * n * c * classes))
+    if net.train:
+        ks += [
+            Kernel("fc_dgrad", read=n * classes * e, write=n * c * e, weight=c * classes * e,
+                   flops=2 * n * c * classes, phase="bwd"),
+            Kernel("fc_wgrad", read=n * (classes + c) * e, weight=c * classes * e, flops=2 * n * c * classes,
+                   phase="bwd"),
+            Kernel("fc_bias_grad", read=n * classes * e, weight=classes * e, phase="bwd"),
+            Kernel("pool_bwd", read=n * c * e, write=n * c * hw * e, phase="bwd"),
+        ]
+    return ks
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole model
+# ------------------------------------------------------------------------------------------------
+def _resolve_params(model):
+    if isinstance(model, str):
+        from regnet_kernels.models import get_model_params
+
+        return model, get_model_params(model)
+    return "custom", model
+
+
+def model_traffic(
+    model: Union[str, "object"],
+    *,
+    regime: str = "eager",
+    mode: str = "infer",
+    batch: int = 1,
+    resolution: int = 224,
+    dtype: str = "bf16",
+    num_classes: int = 1000,
+) -> Traffic:
+    """Modelled bytes, FLOPs and launches of one forward (``infer``) or training step (``train``).
+
+    Args:
+        model: a zoo name (``"regnet_y_400mf"``) or a :class:`regnet_kernels.models.RegNetParams`.
+        regime: ``"eager"``, ``"fused"`` or ``"block_fused"`` (see the module docstring).
+        mode: ``"infer"`` (eval-mode forward) or ``"train"`` (forward + backward + SGD step).
+        batch: images per step ``N``.
+        resolution: square input size ``H = W``.
+        dtype: activation/compute dtype, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        num_classes: classifier outputs.
+
+    Returns:
+        A :class:`Traffic` with one :class:`Layer` per stem / conv / SE / residual add / head (one per
+        block in the block-fused regime), for the whole batch.
+
+    Example:
+        >>> t = model_traffic("regnet_y_400mf", regime="fused", batch=256)
+        >>> round(t.floor_ms(DEVICES["h100_sxm"]), 2)   # PERFORMANCE.md: 1.39 ms
+        1.39
+    """
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPE_BYTES)}, got {dtype!r}")
+    if batch < 1 or resolution < 1:
+        raise ValueError(f"batch and resolution must be >= 1, got {batch}, {resolution}")
+    name, params = _resolve_params(model)
+    note = ""
+    eff_regime = regime
+    if regime == "block_fused" and mode == "train":
+        eff_regime = "fused"
+        note = ("training-mode BN needs batch statistics after every conv (a device-wide barrier), so a "
+                "bottleneck cannot be one pass: block_fused training is modelled as fused")
+    net = _Net(eff_regime, mode, DTYPE_BYTES[dtype])
+    n = batch
+
+    stem = ConvShape(n, 3, resolution, resolution, params.stem_width, kernel=3, stride=2)
+    n_params = stem.weight_elems + 2 * stem.c_out
+    if eff_regime == "eager":
+        net.add("stem", "stem", net.eager_cba(stem, needs_dgrad=False))
+    else:
+        ks = net.fused_conv_fwd(stem)
+        if net.train:
+            ks += net.fused_conv_bwd(stem, dgrad=False)
+        net.add("stem", "stem", ks)
+
+    h = stem.h_out
+    for b in params.blocks():
+        group = f"stage{b.stage}"
+        pre = b.name
+        a = ConvShape(n, b.width_in, h, h, b.bottleneck_width, kernel=1)
+        bconv = ConvShape(n, b.bottleneck_width, h, h, b.bottleneck_width, kernel=3, stride=b.stride,
+                          groups=b.bottleneck_width // b.group_width)
+        ho = bconv.h_out
+        c = ConvShape(n, b.bottleneck_width, ho, ho, b.width_out, kernel=1, relu=False)
+        proj = ConvShape(n, b.width_in, h, h, b.width_out, kernel=1, stride=b.stride, relu=False) if b.has_proj \
+            else None
+        n_params += sum(s.weight_elems + 2 * s.c_out for s in (a, bconv, c) + ((proj,) if proj else ()))
+        if b.se_width:
+            n_params += 2 * b.bottleneck_width * b.se_width + b.se_width + b.bottleneck_width
+        e = net.e
+        x_b, s_b = a.in_elems * e, c.out_elems * e  # block input, block output
+        big_b = bconv.out_elems * e  # conv b's output
+        vec = n * b.bottleneck_width  # pooled / gate elements
+
+        if eff_regime == "eager":
+            net.add(f"{pre}.a", group, net.eager_cba(a))
+            net.add(f"{pre}.b", group, net.eager_cba(bconv))
+            if b.se_width:
+                net.add(f"{pre}.se", group, net.eager_se(n, b.bottleneck_width, ho * ho, b.se_width))
+            net.add(f"{pre}.c", group, net.eager_cba(c))
+            if proj:
+                net.add(f"{pre}.proj", group, net.eager_cba(proj))
+            ks = net.eager_pointwise("add", c.out_elems, n_in=2) + net.eager_pointwise("relu", c.out_elems)
+            if net.train:
+                ks += [Kernel("relu_bwd", read=2 * s_b, write=s_b, phase="bwd"),
+                       Kernel("grad_accumulate", read=2 * x_b, write=x_b, phase="bwd")]  # shortcut + f
+            net.add(f"{pre}.add", group, ks)
+
+        elif eff_regime == "fused" and not net.train:
+            net.add(f"{pre}.a", group, net.fused_conv_fwd(a))
+            # SE pool partial sums (fp32) ride in conv b's epilogue
+            net.add(f"{pre}.b", group, net.fused_conv_fwd(bconv) if not b.se_width else
+                    [Kernel("conv", read=a.out_elems * e, write=big_b + 4 * vec, weight=bconv.weight_elems * e
+                            + BN_CHANNEL_BYTES * bconv.c_out, flops=2 * bconv.macs)])
+            if b.se_width:
+                net.add(f"{pre}.se", group, [_se_fc_kernel(n, b.bottleneck_width, b.se_width, e)])
+            if proj:
+                net.add(f"{pre}.proj", group, net.fused_conv_fwd(proj))
+            # conv c: gate applied on load, BN + shortcut + ReLU in the epilogue (reads the shortcut)
+            gate = 4 * vec if b.se_width else 0
+            net.add(f"{pre}.c", group, net.fused_conv_fwd(c, extra_read=(s_b if proj else x_b) + gate))
+
+        elif eff_regime == "fused":  # training
+            # forward: each conv writes its pre-BN output; consumers normalise on load
+            net_a = net.fused_conv_fwd(a)
+            net_b = net.fused_conv_fwd(bconv)
+            net_c = net.fused_conv_fwd(c, extra_read=4 * vec if b.se_width else 0)
+            # tail pass relu(BN(c) + shortcut): c's statistics are needed first
+            tail = Kernel("tail", read=s_b + (s_b if proj else x_b), write=s_b)
+            # backward: incoming gradient G_S; the tail ReLU mask needs the block output S
+            mask = s_b
+            c_bwd = net.fused_conv_bwd(c, mask_reads=mask, dgrad_extra_read=big_b if b.se_width else 0)
+            # conv c's dgrad writes the gradient w.r.t. the gated b output; its epilogue reduces
+            # the SE gate's gradient (reading b's output, above) and, without SE, b's BN reduction
+            if b.se_width:
+                b_bwd = net.fused_conv_bwd(bconv, reduce_in_epilogue=False)
+            else:
+                b_bwd = net.fused_conv_bwd(bconv)
+            # identity shortcut: conv a's dgrad epilogue adds G_S * mask (reads G_S and S)
+            a_bwd = net.fused_conv_bwd(a, dgrad_extra_read=0 if proj else 2 * s_b)
+            net.add(f"{pre}.a", group, net_a + a_bwd)
+            net.add(f"{pre}.b", group, net_b + b_bwd)
+            if b.se_width:
+                net.add(f"{pre}.se", group, [
+                    Kernel("se_pool", read=big_b, write=4 * vec),
+                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
+                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e, backward=True),
+                ])
+            net.add(f"{pre}.c", group, net_c + c_bwd)
+            if proj:
+                # proj's BN reduction shares the tail-gradient epilogue (reads P); its dgrad adds conv
+                # a's input gradient in the epilogue (reads it, writes the block input's gradient)
+                p_fwd = net.fused_conv_fwd(proj)
+                p_bwd = net.fused_conv_bwd(proj, mask_reads=mask, reduce_mask_reads=0, dgrad_extra_read=x_b)
+                net.add(f"{pre}.proj", group, p_fwd + p_bwd)
+            net.add(f"{pre}.add", group, [tail])
+
+        else:  # block_fused inference
+            w_all = sum(s.weight_elems for s in (a, bconv, c) + ((proj,) if proj else ())) * e
+            bnv = BN_CHANNEL_BYTES * sum(s.c_out for s in (a, bconv, c) + ((proj,) if proj else ()))
+            flops = 2 * sum(s.macs for s in (a, bconv, c) + ((proj,) if proj else ()))
+            if not b.se_width:
+                net.add(pre, group, [Kernel("block", read=x_b, write=s_b, weight=w_all + bnv, flops=flops)])
+            else:
+                w1 = (a.weight_elems + bconv.weight_elems) * e + BN_CHANNEL_BYTES * (a.c_out + bconv.c_out)
+                f1 = 2 * (a.macs + bconv.macs)
+                net.add(pre, group, [
+                    Kernel("block_pass1", read=x_b, write=big_b + 4 * vec, weight=w1, flops=f1),
+                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
+                    Kernel("block_pass2", read=big_b + 4 * vec + x_b, write=s_b, weight=w_all + bnv - w1,
+                           flops=flops - f1),
+                ])
+        h = ho
+
+    c_last = params.blocks()[-1].width_out
+    n_params += c_last * num_classes + num_classes
+    head = _head_kernels(net, n, c_last, h * h, num_classes)
+    if net.train:
+        head += _loss_kernels(n, num_classes)
+    net.add("head", "head", head)
+    if net.train:
+        net.add("optimizer", "optimizer", [_sgd_kernel(n_params)])
+    return Traffic(name, regime, mode, batch, resolution, dtype, net.layers, n_params, note)
+
+
+def _se_fc_kernel(n: int, c: int, s: int, e: int, backward: bool = False) -> Kernel:
+    """The SE's two FCs + ReLU + sigmoid as one small kernel on fp32 pooled vectors."""
+    w = (2 * c * s + s + c) * e
+    if backward:  # reads the gate's gradient partials and the pooled input, writes the pooled grad
+        return Kernel("se_fc_bwd", read=8 * n * c, write=4 * n * c, weight=2 * w, flops=8 * n * c * s, phase="bwd")
+    return Kernel("se_fc", read=4 * n * c, write=4 * n * c, weight=w, flops=4 * n * c * s)
+
+
+# ------------------------------------------------------------------------------------------------
+# One standalone conv + BN + act op (the per-op benchmark)
+# ------------------------------------------------------------------------------------------------
+def conv_bn_act_traffic(shape: ConvShape, *, regime: str = "fused", mode: str = "infer",
+                        dtype: str = "bf16") -> List[Kernel]:
+    """Kernels of one *standalone* ``act(BN(conv(x)))`` op (no neighbour to fuse into).
+
+    ``eager``: conv, BN, ReLU kernels (and their autograd backward in ``train``). ``fused``: the
+    minimum for a standalone op. Inference: read ``x``, write the output, one kernel. Training
+    forward: conv writes the pre-BN output (saved for backward), a finalize makes the statistics,
+    and one normalise pass reads it and writes the output (the batch statistics are a barrier, and
+    no consumer is fused to apply them on load). Backward: a reduction pass (grad, saved output),
+    then dgrad and wgrad forming ``dY`` on load.
+
+    Args:
+        shape: geometry (batch included).
+        regime: ``"eager"`` or ``"fused"``.
+        mode: ``"infer"`` or ``"train"`` (forward + backward, no optimizer).
+        dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    Returns:
+        The kernels; ``sum(k.bytes for k in ...)`` is the op's modelled traffic.
+    """
+    if regime not in ("eager", "fused"):
+        raise ValueError(f"regime must be 'eager' or 'fused', got {regime!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    net = _Net(regime, mode, DTYPE_BYTES[dtype])
+    if regime == "eager":
+        return net.eager_cba(shape)
+    e = net.e
+    o = shape.out_elems * e
+    ks = net.fused_conv_fwd(shape)
+    if net.train:
+        ks.append(Kernel("bn_act", read=o, write=o))
+        ks += net.fused_conv_bwd(shape, reduce_in_epilogue=False)
+    return ks
+
+
+#: PERFORMANCE.md's floor table (torchvision models, 224x224, bf16, batch 256, H100 SXM spec
+#: bandwidth), in ms: ``{model: {(regime, mode): ms}}``. The model above is checked against it.
+PUBLISHED_FLOORS: Dict[str, Dict[Tuple[str, str], float]] = {
+    "regnet_y_400mf": {("eager", "infer"): 4.27, ("fused", "infer"): 1.39, ("block_fused", "infer"): 0.80,
+                       ("eager", "train"): 13.7, ("fused", "train"): 6.66},
+    "regnet_y_1_6gf": {("eager", "infer"): 9.27, ("fused", "infer"): 2.87, ("block_fused", "infer"): 1.83,
+                       ("eager", "train"): 29.6, ("fused", "train"): 14.4},
+    "regnet_y_8gf": {("eager", "infer"): 22.7, ("fused", "infer"): 7.24, ("block_fused", "infer"): 5.24,
+                     ("eager", "train"): 72.6, ("fused", "train"): 35.5},
+    "regnet_x_3_2gf": {("eager", "infer"): 11.7, ("fused", "infer"): 4.02, ("block_fused", "infer"): 1.73,
+                       ("eager", "train"): 35.8, ("fused", "train"): 19.0},
+}
