@@ -11,8 +11,9 @@ Fusion hooks:
 - prologue (forward and weight-gradient, on the conv *input*): ``relu((x - pre_mean[c]) * pre_scale[c]
   + pre_bias[c]) * gate[n, c]`` so that a previous BatchNorm + ReLU and the squeeze-excitation scale are applied as
   the input is loaded and never written;
-- forward epilogue: ``act((acc - post_mean[c]) * post_scale[c] + post_bias[c])`` (eval BatchNorm in
-  fp32), and
+- forward epilogue: eval BatchNorm straight from its buffers,
+  ``act((acc - running_mean[c]) * gamma[c] / sqrt(running_var[c] + eps) + beta[c])`` in fp32 (no separate
+  kernels to fold the parameters: a launch per BN matters at small batch), and
   per-tile BatchNorm statistics (tile mean and sum of squared deviations about it, combined later with
   the parallel-variance formula, so large-mean inputs do not cancel).
 
@@ -53,7 +54,7 @@ def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pr
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr,
     pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr,
-    post_mean_ptr, post_scale_ptr, post_bias_ptr,
+    bn_rm_ptr, bn_rv_ptr, bn_g_ptr, bn_b_ptr, bn_eps,
     res_ptr,
     part_mean_ptr, part_m2_ptr,
     N, C_IN, H, W, C_OUT, HO, WO,
@@ -64,7 +65,8 @@ def conv_fwd_kernel(
     CIN_G, COUT_G,
     STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
-    POST_AFFINE: tl.constexpr, HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
+    POST_BN: tl.constexpr, BN_GAMMA: tl.constexpr, BN_BETA: tl.constexpr,
+    HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -123,11 +125,14 @@ def conv_fwd_kernel(
                 else:
                     acc = tl.dot(a, b, acc)
 
-    if POST_AFFINE:
-        pm = tl.load(post_mean_ptr + offs_n, mask=n_ok, other=0.0)
-        ps = tl.load(post_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        pb = tl.load(post_bias_ptr + offs_n, mask=n_ok, other=0.0)
-        acc = (acc - pm[None, :]) * ps[None, :] + pb[None, :]
+    if POST_BN:
+        rm = tl.load(bn_rm_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        ps = 1.0 / tl.sqrt(tl.load(bn_rv_ptr + offs_n, mask=n_ok, other=1.0).to(tl.float32) + bn_eps)
+        if BN_GAMMA:
+            ps = ps * tl.load(bn_g_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc = (acc - rm[None, :]) * ps[None, :]
+        if BN_BETA:
+            acc += tl.load(bn_b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RES:  # residual add (the block tail in eval mode), before the final activation
         r_row = res_ptr + n_idx.to(tl.int64) * srn + ho * srh + wo * srw
@@ -334,7 +339,7 @@ def conv2d_fwd(
     pre_affine=None,
     pre_relu: bool = False,
     gate=None,
-    post_affine=None,
+    post_bn=None,
     residual: torch.Tensor = None,
     post_relu: bool = False,
     stats: bool = False,
@@ -342,7 +347,8 @@ def conv2d_fwd(
 ):
     """Launch the fused forward conv. Returns ``(y, part_mean, part_m2, block_m)``.
 
-    ``pre_affine`` / ``post_affine`` are ``(mean, scale, bias)`` fp32 per-channel triples.
+    ``pre_affine`` is a ``(mean, scale, bias)`` fp32 per-channel triple; ``post_bn`` is an eval BatchNorm as
+    ``(running_mean, running_var, gamma | None, beta | None, eps)``.
     ``part_*`` are ``(tiles, C_out)`` fp32 per-tile BatchNorm partials when ``stats`` (else None);
     ``block_m`` is the tile height the finalize step needs to reconstruct tile counts.
     """
@@ -365,7 +371,9 @@ def conv2d_fwd(
             x, weight, out,
             *(pre_affine if pre_affine is not None else (dummy,) * 3),
             gate if gate is not None else dummy,
-            *(post_affine if post_affine is not None else (dummy,) * 3),
+            *((post_bn[0], post_bn[1], post_bn[2] if post_bn[2] is not None else dummy,
+               post_bn[3] if post_bn[3] is not None else dummy, float(post_bn[4]))
+              if post_bn is not None else (dummy, dummy, dummy, dummy, 0.0)),
             residual if residual is not None else dummy,
             part_mean if stats else dummy, part_m2 if stats else dummy,
             N, C_in, H, W, C_out, HO, WO,
@@ -374,7 +382,9 @@ def conv2d_fwd(
             cin_g, cout_g,
             STRIDE=stride, PAD=padding, KH=KH, KW=KW,
             PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
-            POST_AFFINE=post_affine is not None, HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
+            POST_BN=post_bn is not None, BN_GAMMA=post_bn is not None and post_bn[2] is not None,
+            BN_BETA=post_bn is not None and post_bn[3] is not None,
+            HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
             DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
             BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
         )

@@ -122,25 +122,18 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, e
     return out
 
 
-def _eval_affine(gamma, beta, rm, rv, eps):
-    invstd = torch.rsqrt(rv.float() + eps)
-    scale = invstd if gamma is None else gamma.float() * invstd
-    bias = torch.zeros_like(scale) if beta is None else beta.float()
-    return rm.float(), scale, bias
-
-
 def block_eval(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc,
                wp, gp, bp, rmp, rvp, stride: int, groups: int, eps):
     pad_b = wb.shape[-1] // 2
-    act_a = _conv.conv2d_fwd(x, wa, 1, 0, 1, post_affine=_eval_affine(ga, ba, rma, rva, eps[0]), post_relu=True)[0]
-    act_b = _conv.conv2d_fwd(act_a, wb, stride, pad_b, groups, post_affine=_eval_affine(gb, bb, rmb, rvb, eps[1]),
+    act_a = _conv.conv2d_fwd(x, wa, 1, 0, 1, post_bn=(rma, rva, ga, ba, eps[0]), post_relu=True)[0]
+    act_b = _conv.conv2d_fwd(act_a, wb, stride, pad_b, groups, post_bn=(rmb, rvb, gb, bb, eps[1]),
                              post_relu=True)[0]
     gate = None
     if w1 is not None:
         gate = _se.se_fc(_se.se_pool(act_b), w1, b1, w2, b2)
     if wp is not None:
-        short = _conv.conv2d_fwd(x, wp, stride, 0, 1, post_affine=_eval_affine(gp, bp, rmp, rvp, eps[3]))[0]
+        short = _conv.conv2d_fwd(x, wp, stride, 0, 1, post_bn=(rmp, rvp, gp, bp, eps[3]))[0]
     else:
         short = x
-    return _conv.conv2d_fwd(act_b, wc, 1, 0, 1, gate=gate, post_affine=_eval_affine(gc, bc, rmc, rvc, eps[2]),
+    return _conv.conv2d_fwd(act_b, wc, 1, 0, 1, gate=gate, post_bn=(rmc, rvc, gc, bc, eps[2]),
                             residual=short, post_relu=True)[0]

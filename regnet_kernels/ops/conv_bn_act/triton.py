@@ -64,8 +64,8 @@ def _eval_affine(gamma, beta, running_mean, running_var, eps):
 
 def conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride: int, padding: int, groups: int,
                      eps: float, relu: bool):
-    _, affine = _eval_affine(gamma, beta, running_mean, running_var, eps)
-    out, _, _, _ = _conv.conv2d_fwd(x, weight, stride, padding, groups, post_affine=affine, post_relu=relu)
+    out, _, _, _ = _conv.conv2d_fwd(x, weight, stride, padding, groups,
+                                    post_bn=(running_mean, running_var, gamma, beta, eps), post_relu=relu)
     return out
 
 
