@@ -29,7 +29,9 @@ PY="$VENV/bin/python"
 
 # One stamp per extra set, keyed on the files that decide what gets installed.
 _extras="${1:-test,bench}"
-_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/scripts/_env.sh" 2>/dev/null | sha256sum | cut -c1-16)"
+# (csrc/ and CMakeLists.txt too: the editable install compiles the CUDA extension from them)
+_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/scripts/_env.sh" "$ROOT/CMakeLists.txt" \
+    $(find "$ROOT/csrc" -type f 2>/dev/null | sort) 2>/dev/null | sha256sum | cut -c1-16)"
 _stamp="$VENV/.regnet-kernels-${_extras//,/-}-$_hash"
 if [ ! -f "$_stamp" ]; then
     if ! "$PY" -c "import torch" 2>/dev/null; then
