@@ -1,4 +1,4 @@
-"""``python -m regnet_kernels {info,check,bench}``."""
+"""``python -m regnet_kernels {info,check,bench,sweep,pick}``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from regnet_kernels.sweep import sweep_main
+
+    return sweep_main(args)
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from regnet_kernels.sweep import pick_main
+
+    return pick_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m regnet_kernels", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+
+    from regnet_kernels.sweep import add_pick_arguments, add_sweep_arguments
+
+    sweep = sub.add_parser("sweep", help="time every zoo variant here; JSON + accuracy/latency Pareto chart")
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(func=_cmd_sweep)
+
+    pick = sub.add_parser("pick", help="the most accurate variant within a latency (and memory) budget here")
+    add_pick_arguments(pick)
+    pick.set_defaults(func=_cmd_pick)
     return p
 
 

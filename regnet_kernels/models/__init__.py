@@ -3,12 +3,15 @@
 * :class:`RegNetParams`: a point of the RegNet design space -> per-stage / per-block specs, with
   torchvision's or pycls's width rounding.
 * :class:`RegNet`: the ``nn.Module``; names, shapes and init identical to ``torchvision.models.RegNet``.
+* :class:`RegNetFeatures`: the backbone (stem + stage feature maps, strides 4-32) for detection and
+  segmentation heads: ``get_model(name, features_only=True)``; :func:`load_classifier_state_dict`.
 * Named constructors: torchvision's 15 (``regnet_y_400mf`` ...) and pycls's 24 (``regnetx_200mf`` ...),
   :func:`list_models`, :func:`get_model`, :data:`PUBLISHED` figures.
 * :func:`complexity`: params / MACs / acts of any CNN, counted on the meta device.
 """
 
 from .complexity import complexity
+from .features import FeatureInfo, RegNetFeatures, load_classifier_state_dict
 from .regnet import (
     ROUNDINGS,
     AnyStage,
@@ -77,7 +80,9 @@ __all__ = [
     "BlockSpec",
     "BottleneckTransform",
     "Conv2dNormActivation",
+    "FeatureInfo",
     "RegNet",
+    "RegNetFeatures",
     "RegNetParams",
     "ResBottleneckBlock",
     "SimpleStemIN",
@@ -87,6 +92,7 @@ __all__ = [
     "get_model",
     "get_model_params",
     "list_models",
+    "load_classifier_state_dict",
     "regnet_x_1_6gf",
     "regnet_x_3_2gf",
     "regnet_x_8gf",

@@ -8,7 +8,8 @@
 
 Every constructor builds a :class:`~regnet_kernels.models.regnet.RegNet` (torchvision's module layout,
 randomly initialised; no weights are downloaded) and forwards ``**kwargs`` to it, e.g.
-``regnet_y_400mf(num_classes=10)``.
+``regnet_y_400mf(num_classes=10)``; ``features_only=True`` (and ``out_indices``) builds the backbone
+instead (:class:`~regnet_kernels.models.features.RegNetFeatures`).
 
 :data:`PUBLISHED` holds the figures each source publishes, for sweeps and reports; exact figures for any
 model at any resolution come from :func:`regnet_kernels.models.complexity`.
@@ -16,8 +17,10 @@ model at any resolution come from :func:`regnet_kernels.models.complexity`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from .features import DEFAULT_OUT_INDICES, RegNetFeatures
 from .regnet import RegNet, RegNetParams
 
 __all__ = [
@@ -143,11 +146,23 @@ def get_model_params(name: str) -> RegNetParams:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
-def get_model(name: str, **kwargs: Any) -> RegNet:
-    """Builds a named model (randomly initialised).
+def get_model(
+    name: str,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> RegNet | RegNetFeatures:
+    """Builds a named model (randomly initialised): the classifier, or its backbone.
 
     Args:
         name: one of :func:`list_models`.
+        features_only: return a :class:`~regnet_kernels.models.features.RegNetFeatures` backbone (stem and
+            stages, no head) whose forward gives a list of feature maps, for FPN-style heads. Its
+            ``state_dict`` names are the classifier's minus ``fc.*``: load ImageNet checkpoints with
+            :func:`~regnet_kernels.models.features.load_classifier_state_dict`.
+        out_indices: with ``features_only``, the levels returned: 0 = stem (stride 2), 1 .. 4 = stages
+            (strides 4, 8, 16, 32). Default ``(1, 2, 3, 4)``.
         **kwargs: forwarded to :class:`RegNet` (``num_classes``, ``norm_layer``, ...).
 
     Returns:
@@ -155,9 +170,16 @@ def get_model(name: str, **kwargs: Any) -> RegNet:
         nothing).
 
     Raises:
-        ValueError: for an unknown name; the message lists the known names.
+        ValueError: for an unknown name (the message lists the known names), bad ``out_indices``, or
+            ``out_indices`` without ``features_only``.
     """
-    return RegNet(get_model_params(name), **kwargs)
+    params = get_model_params(name)
+    if features_only:
+        return RegNetFeatures(params, out_indices=DEFAULT_OUT_INDICES if out_indices is None else out_indices,
+                              **kwargs)
+    if out_indices is not None:
+        raise ValueError("out_indices applies to backbones only: pass features_only=True as well")
+    return RegNet(params, **kwargs)
 
 
 # One named constructor per model, mirroring torchvision's builder names (without `weights`).
