@@ -54,3 +54,11 @@ if [ ! -f "$_stamp" ]; then
     touch "$_stamp"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter (decided here, once, so the
+# test and bench commands agree; an explicit TRITON_INTERPRET wins).
+if [ -z "${TRITON_INTERPRET+x}" ]; then
+    if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+        export TRITON_INTERPRET=1
+    fi
+fi

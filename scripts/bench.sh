@@ -5,9 +5,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh" test,bench
 cd "$ROOT"
-if [ -z "${TRITON_INTERPRET+x}" ]; then
-    if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-        export TRITON_INTERPRET=1
-    fi
-fi
 exec "$PY" -m regnet_kernels bench "$@"

@@ -120,6 +120,26 @@ def bn_act_kernel(
 
 
 @triton.jit
+def _incoming_grad(pid_m, pid_c, dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
+                   HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    # A (pixels x channels) tile of the gradient reaching a BatchNorm + ReLU output, in fp32: dout, or
+    # inside a fused block dout * gate[n, c] + dpooled[n, c] / HW (the squeeze-excitation backward).
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_m < M)[:, None] & c_ok[None, :]
+    n = (offs_m // HW).to(tl.int64)
+    hw = offs_m % HW
+    g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
+    g = g.to(tl.float32)
+    if HAS_GATE:
+        g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+    if HAS_DPOOL:
+        g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
+    return offs_c, c_ok, mask, n, hw, g
+
+
+@triton.jit
 def bn_bwd_reduce_kernel(
     dout_ptr, src_ptr, dz_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, gate_ptr, dpool_ptr,
     part_dz_ptr, part_dzx_ptr, M, C, HW, inv_hw,
@@ -134,20 +154,9 @@ def bn_bwd_reduce_kernel(
     # reductions BatchNorm's input gradient needs. Inside a fused block the incoming gradient first goes
     # through the squeeze-excitation scale: dout * gate[n, c] + dpooled[n, c] / HW.
     pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_ok = offs_m < M
-    c_ok = offs_c < C
-    n = (offs_m // HW).to(tl.int64)
-    hw = offs_m % HW
-    mask = m_ok[:, None] & c_ok[None, :]
-    g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
-    g = g.to(tl.float32)
-    if HAS_GATE:
-        g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-    if HAS_DPOOL:
-        g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
+    offs_c, c_ok, mask, n, hw, g = _incoming_grad(
+        pid_m, tl.program_id(1), dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
+        HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
     v = tl.load(src_ptr + (n * s_sn + hw * s_shw)[:, None] + offs_c[None, :] * s_sc, mask=mask, other=0.0)
     v = v.to(tl.float32)
     if TRAIN:
@@ -181,20 +190,9 @@ def bn_bwd_dy_kernel(
     # Gradient w.r.t. the pre-BN conv output (batch statistics):
     #   dy = scale * (dz - mean(dz) - xhat * mean(dz * xhat)),   scale = gamma * invstd
     pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_ok = offs_m < M
-    c_ok = offs_c < C
-    n = (offs_m // HW).to(tl.int64)
-    hw = offs_m % HW
-    mask = m_ok[:, None] & c_ok[None, :]
-    g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
-    g = g.to(tl.float32)
-    if HAS_GATE:
-        g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-    if HAS_DPOOL:
-        g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
+    offs_c, c_ok, mask, n, hw, g = _incoming_grad(
+        pid_m, tl.program_id(1), dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
+        HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
     v = tl.load(y_ptr + (n * s_yn + hw * s_yhw)[:, None] + offs_c[None, :] * s_yc, mask=mask, other=0.0)
     v = v.to(tl.float32)
     s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)

@@ -54,18 +54,9 @@ def se_pool_kernel(
 
 
 @triton.jit
-def se_fc_fwd_kernel(
-    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s1_ptr, gate_ptr,
-    N, C, S,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    # Both FCs for BLOCK_N samples in one program: s1 = pooled @ w1^T + b1 goes to a small fp32 scratch
-    # (also what backward recomputes the ReLU mask from), a barrier, then
-    # gate = sigmoid(relu(s1) @ w2^T + b2). fp32 throughout (IEEE dots).
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    r_ok = rows < N
+def _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S,
+                    HAS_B1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    # s1[rows, :] = pooled[rows, :] @ w1^T + b1, fp32 (IEEE dots), into the (N, S) scratch
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         s_ok = s < S
@@ -79,6 +70,22 @@ def se_fc_fwd_kernel(
         if HAS_B1:
             acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
+
+
+@triton.jit
+def se_fc_fwd_kernel(
+    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s1_ptr, gate_ptr,
+    N, C, S,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Both FCs for BLOCK_N samples in one program: s1 = pooled @ w1^T + b1 goes to a small fp32 scratch
+    # (also what backward recomputes the ReLU mask from), a barrier, then
+    # gate = sigmoid(relu(s1) @ w2^T + b2). fp32 throughout (IEEE dots).
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < N
+    _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S, HAS_B1, BLOCK_N, BLOCK_S, BLOCK_C)
     tl.debug_barrier()
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -115,19 +122,7 @@ def se_fc_bwd_kernel(
         g = tl.load(gate_ptr + rows[:, None] * C + c[None, :], mask=msk, other=0.0)
         dg = tl.load(dgate_ptr + rows[:, None] * C + c[None, :], mask=msk, other=0.0)
         tl.store(ds2_ptr + rows[:, None] * C + c[None, :], dg * g * (1.0 - g), mask=msk)
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s < S
-        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_ok = c < C
-            p = tl.load(pooled_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w1_ptr + s[None, :] * C + c[:, None], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
-            acc = tl.dot(p, w.to(tl.float32), acc, input_precision="ieee")
-        if HAS_B1:
-            acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
+    _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S, HAS_B1, BLOCK_N, BLOCK_S, BLOCK_C)
     tl.debug_barrier()
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)

@@ -17,38 +17,19 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from regnet_kernels import backends as _backends
-from regnet_kernels.ops.bottleneck import reference as _ref
+from regnet_kernels.ops import _dispatch
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["OP_NAME", "PARAM_NAMES", "bottleneck_train", "bottleneck_eval"]
 
 OP_NAME = "bottleneck"
 PARAM_NAMES = ("wa", "ga", "ba", "wb", "gb", "bb", "w1", "b1", "w2", "b2", "wc", "gc", "bc", "wp", "gp", "bp")
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _kernel_dtype_check(tensors) -> Optional[str]:
-    if tensors and tensors[0].dtype not in _KERNEL_DTYPES:
-        return f"kernels support float16, bfloat16 and float32, got {tensors[0].dtype}"
-    return None
-
-
-_backends.register_op_check(OP_NAME, "triton", _kernel_dtype_check)
-_backends.register_op_check(
-    OP_NAME, "cuda", lambda tensors: "the cuda backend has no whole-block kernel (per-op fusion is used instead)")
+_dispatch.register_kernel_checks(
+    OP_NAME, "the cuda backend has no whole-block kernel (per-op fusion is used instead)")
 
 
 def _impl(backend: str, tensors):
-    name = _backends.resolve(OP_NAME, tensors, backend)
-    if name == "eager":
-        return _ref
-    if name == "triton":
-        from regnet_kernels.ops.bottleneck import triton as _tri
-
-        return _tri
-    raise _backends.BackendUnavailableError(  # pragma: no cover - the cuda backend has no block kernel
-        "the cuda backend has no fused bottleneck kernel; use per-op fusion")
+    return _dispatch.implementation(OP_NAME, "regnet_kernels.ops.bottleneck", backend, tensors)
 
 
 def _shapes(x, wa, wb, wc, stride):

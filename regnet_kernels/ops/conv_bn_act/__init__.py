@@ -20,40 +20,19 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from regnet_kernels import backends as _backends
+from regnet_kernels.ops import _dispatch
 from regnet_kernels import distributed as _dist
-from regnet_kernels.ops.conv_bn_act import reference as _ref
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["conv_bn_act", "OP_NAME"]
 
 OP_NAME = "conv_bn_act"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _kernel_dtype_check(tensors) -> Optional[str]:
-    for t in tensors:
-        if t.dtype not in _KERNEL_DTYPES:
-            return f"kernels support float16, bfloat16 and float32, got {t.dtype}"
-    return None
-
-
-_backends.register_op_check(OP_NAME, "triton", _kernel_dtype_check)
-_backends.register_op_check(OP_NAME, "cuda", _kernel_dtype_check)
+_dispatch.register_kernel_checks(OP_NAME)
 
 
 def _impl(backend: str, tensors):
-    """The implementation module for ``backend`` (resolving ``auto``)."""
-    name = _backends.resolve(OP_NAME, tensors, backend)
-    if name == "eager":
-        return _ref
-    if name == "triton":
-        from regnet_kernels.ops.conv_bn_act import triton as _tri
-
-        return _tri
-    from regnet_kernels.ops.conv_bn_act import cuda as _cu  # pragma: no cover - needs a GPU
-
-    return _cu
+    return _dispatch.implementation(OP_NAME, "regnet_kernels.ops.conv_bn_act", backend, tensors)
 
 
 def _out_hw(size: int, k: int, stride: int, padding: int) -> int:

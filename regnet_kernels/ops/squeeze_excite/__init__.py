@@ -10,37 +10,17 @@ from typing import List, Optional, Tuple
 import torch
 
 from regnet_kernels import backends as _backends
+from regnet_kernels.ops import _dispatch
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
-from regnet_kernels.ops.squeeze_excite import reference as _ref
 
 __all__ = ["squeeze_excite", "OP_NAME"]
 
 OP_NAME = "squeeze_excite"
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _kernel_dtype_check(tensors) -> Optional[str]:
-    for t in tensors[:1]:  # the activation decides; SE parameters may be fp32 under autocast
-        if t.dtype not in _KERNEL_DTYPES:
-            return f"kernels support float16, bfloat16 and float32, got {t.dtype}"
-    return None
-
-
-_backends.register_op_check(OP_NAME, "triton", _kernel_dtype_check)
-_backends.register_op_check(OP_NAME, "cuda", _kernel_dtype_check)
+_dispatch.register_kernel_checks(OP_NAME)
 
 
 def _impl(backend: str, tensors):
-    name = _backends.resolve(OP_NAME, tensors, backend)
-    if name == "eager":
-        return _ref
-    if name == "triton":
-        from regnet_kernels.ops.squeeze_excite import triton as _tri
-
-        return _tri
-    from regnet_kernels.ops.squeeze_excite import cuda as _cu  # pragma: no cover - needs a GPU
-
-    return _cu
+    return _dispatch.implementation(OP_NAME, "regnet_kernels.ops.squeeze_excite", backend, tensors)
 
 
 def _check(x, w1, b1, w2, b2) -> None:
