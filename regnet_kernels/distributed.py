@@ -10,7 +10,7 @@ small integers (``-1``: no synchronisation).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.distributed as dist
@@ -81,7 +81,7 @@ def sync_sums(sum_dz: torch.Tensor, sum_dzx: torch.Tensor, count: int, group) ->
     return packed[:C], packed[C:2 * C], packed[2 * C]
 
 
-def local_m2(var_unb: torch.Tensor, count: int, mean: Optional[torch.Tensor] = None) -> torch.Tensor:
+def local_m2(var_unb: torch.Tensor, count: int) -> torch.Tensor:
     """M2 from an unbiased variance (0 when a rank holds a single value per channel)."""
     if count <= 1:
         return torch.zeros_like(var_unb)

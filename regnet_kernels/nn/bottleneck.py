@@ -21,6 +21,8 @@ from regnet_kernels.distributed import sync_enabled
 from regnet_kernels.nn.conv_bn_act import activation_name, bn_unsupported_reason, computes, conv_unsupported_reason
 from regnet_kernels.nn.squeeze_excite import se_structure
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
+from regnet_kernels.ops.bottleneck.reference import unpack_stats
+from regnet_kernels.ops.conv_bn_act import _update_op
 
 __all__ = ["FusedBottleneck", "BottleneckLayout", "match_bottleneck"]
 
@@ -266,9 +268,6 @@ class FusedBottleneck(nn.Module):
         return bottleneck_eval(x, params, conv_b.stride[0], conv_b.groups, eps, backend)
 
     def _update_running_stats(self, bns, stats: torch.Tensor, backend: str) -> None:
-        from regnet_kernels.ops.bottleneck.reference import unpack_stats
-        from regnet_kernels.ops.conv_bn_act import _update_op
-
         parts = unpack_stats(stats, bns[0].num_features, bns[2].num_features, len(bns) == 4)
         for key, bn in zip(("a", "b", "c", "p"), bns):
             if not (bn.track_running_stats and bn.running_mean is not None):

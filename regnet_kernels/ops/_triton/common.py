@@ -23,3 +23,17 @@ def cast_to(x, dtype: tl.constexpr):
             bits = bits + (((bits >> 16) & 1) + 0x7FFF)
             x = (bits & -65536).to(tl.float32, bitcast=True)
     return x.to(dtype)
+
+
+@triton.jit
+def bn_relu_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, AFFINE: tl.constexpr, RELU: tl.constexpr):
+    """``relu((v - mean[c]) * scale[c] + bias[c])`` on an fp32 (rows x channels) tile, each part optional:
+    a previous BatchNorm + ReLU applied as its output is loaded, so it is never written."""
+    if AFFINE:
+        m = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+        s = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
+        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
+        v = (v - m[None, :]) * s[None, :] + b[None, :]
+    if RELU:
+        v = tl.maximum(v, 0.0)
+    return v

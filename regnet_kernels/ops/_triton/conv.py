@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import cast_to
+from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to
 from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
 
 
@@ -36,14 +36,7 @@ def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pr
                     PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr):
     # a: [ROWS, BLOCK_K] raw input values; returns fp32 values of the *effective* conv input, with
     # zeros wherever the load was masked (conv zero-padding applies to the effective input).
-    af = a.to(tl.float32)
-    if PRE_AFFINE:
-        m = tl.load(pre_mean_ptr + ci, mask=ci_ok, other=0.0)
-        s = tl.load(pre_scale_ptr + ci, mask=ci_ok, other=0.0)
-        b = tl.load(pre_bias_ptr + ci, mask=ci_ok, other=0.0)
-        af = (af - m[None, :]) * s[None, :] + b[None, :]
-    if PRE_RELU:
-        af = tl.maximum(af, 0.0)
+    af = bn_relu_tile(a.to(tl.float32), ci, ci_ok, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, PRE_AFFINE, PRE_RELU)
     if PRE_GATE:
         g = tl.load(gate_ptr + n_idx[:, None] * C_IN + ci[None, :], mask=a_mask, other=0.0)
         af = af * g

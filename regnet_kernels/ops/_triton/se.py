@@ -12,45 +12,37 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import cast_to
+from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to
 from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
 from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
 
 
 @triton.jit
-def _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr):
-    if PRE_AFFINE:
-        m = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
-        s = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
-        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
-        v = (v - m[None, :]) * s[None, :] + b[None, :]
-    if PRE_RELU:
-        v = tl.maximum(v, 0.0)
-    return v
-
-
-@triton.jit
-def se_pool_kernel(
-    x_ptr, pooled_ptr, mean_ptr, scale_ptr, bias_ptr,
-    C, HW, sxn, sxc, sxhw, inv_hw,
-    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
+def se_channel_sum_kernel(
+    x_ptr, w_ptr, out_ptr, mean_ptr, scale_ptr, bias_ptr,
+    C, HW, sxn, sxc, sxhw, swn, swc, swhw, factor,
+    HAS_W: tl.constexpr, PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # pooled[n, c] = mean over pixels of x_eff[n, c, :]; one program per (sample, channel block), a
-    # sequential loop over pixels: deterministic, no atomics.
+    # out[n, c] = factor * sum over pixels of (w *) x_eff, x_eff = x or relu(BN(x)) inside a fused block.
+    # The SE pool (no w, factor 1/HW) and the gate gradient (w = dout, factor 1). One program per
+    # (sample, channel block), a sequential loop over pixels: deterministic, no atomics.
     n = tl.program_id(0)
     pid_c = tl.program_id(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
-    base = x_ptr + n.to(tl.int64) * sxn
+    xbase = x_ptr + n.to(tl.int64) * sxn
+    wbase = w_ptr + n.to(tl.int64) * swn
     acc = tl.zeros((BLOCK_C,), tl.float32)
     for p0 in range(0, HW, BLOCK_HW):
         p = p0 + tl.arange(0, BLOCK_HW)
         msk = (p < HW)[:, None] & c_ok[None, :]
-        v = tl.load(base + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
-        v = _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
+        v = tl.load(xbase + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
+        v = bn_relu_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
+        if HAS_W:
+            v = v * tl.load(wbase + p[:, None] * swhw + c[None, :] * swc, mask=msk, other=0.0).to(tl.float32)
         acc += tl.sum(tl.where(msk, v, 0.0), axis=0)
-    tl.store(pooled_ptr + n * C + c, acc * inv_hw, mask=c_ok)
+    tl.store(out_ptr + n * C + c, acc * factor, mask=c_ok)
 
 
 @triton.jit
@@ -171,31 +163,6 @@ def se_scale_kernel(
 
 
 @triton.jit
-def se_dgate_kernel(
-    dout_ptr, x_ptr, dgate_ptr, mean_ptr, scale_ptr, bias_ptr,
-    C, HW, sgn, sgc, sghw, sxn, sxc, sxhw,
-    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
-    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    # dgate[n, c] = sum over pixels of dout * x_eff (x_eff = x, or relu(BN(x)) inside a fused block)
-    n = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    gbase = dout_ptr + n.to(tl.int64) * sgn
-    xbase = x_ptr + n.to(tl.int64) * sxn
-    acc = tl.zeros((BLOCK_C,), tl.float32)
-    for p0 in range(0, HW, BLOCK_HW):
-        p = p0 + tl.arange(0, BLOCK_HW)
-        msk = (p < HW)[:, None] & c_ok[None, :]
-        g = tl.load(gbase + p[:, None] * sghw + c[None, :] * sgc, mask=msk, other=0.0).to(tl.float32)
-        v = tl.load(xbase + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
-        v = _bn_relu(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
-        acc += tl.sum(tl.where(msk, g * v, 0.0), axis=0)
-    tl.store(dgate_ptr + n * C + c, acc, mask=c_ok)
-
-
-@triton.jit
 def se_dx_kernel(
     dout_ptr, gate_ptr, dpooled_ptr, dx_ptr, M, C, HW, inv_hw,
     sgn, sgc, sghw, sdn, sdc, sdhw,
@@ -226,20 +193,26 @@ def _reduce_cfg(HW: int, C: int) -> tuple:
     return bhw, bc
 
 
-def se_pool(x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
-    """``(N, C)`` fp32 spatial mean of ``x`` (of ``relu(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
+def _channel_sum(x: torch.Tensor, w, factor: float, pre_affine, pre_relu: bool, label: str) -> torch.Tensor:
     N, C, H, W = x.shape
     x = collapsible(x, x)
-    pooled = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    w = collapsible(w, x) if w is not None else None
+    out = torch.empty((N, C), device=x.device, dtype=torch.float32)
     BHW, BC = _reduce_cfg(H * W, C)
-    sn, sc, shw = pixel_strides(x)
-    aff = pre_affine if pre_affine is not None else (pooled,) * 3
-    with launch_device(x.device, "se_pool_kernel"):
-        se_pool_kernel[(N, triton.cdiv(C, BC))](
-            x, pooled, *aff, C, H * W, sn, sc, shw, 1.0 / (H * W),
-            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
+    aff = pre_affine if pre_affine is not None else (out,) * 3
+    # (the launch counter keeps the pool / gate-gradient names: they are two different passes)
+    with launch_device(x.device, label):
+        se_channel_sum_kernel[(N, triton.cdiv(C, BC))](
+            x, w if w is not None else x, out, *aff, C, H * W, *pixel_strides(x),
+            *(pixel_strides(w) if w is not None else (0, 0, 0)), factor,
+            HAS_W=w is not None, PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
         )
-    return pooled
+    return out
+
+
+def se_pool(x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
+    """``(N, C)`` fp32 spatial mean of ``x`` (of ``relu(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
+    return _channel_sum(x, None, 1.0 / (x.shape[2] * x.shape[3]), pre_affine, pre_relu, "se_pool_kernel")
 
 
 def _fc_cfg(N: int, C: int, S: int) -> tuple:
@@ -310,18 +283,8 @@ def se_scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 
 def se_dgate(dout: torch.Tensor, x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
-    N, C, H, W = x.shape
-    x = collapsible(x, x)
-    dout = collapsible(dout, x)
-    dgate = torch.empty((N, C), device=x.device, dtype=torch.float32)
-    BHW, BC = _reduce_cfg(H * W, C)
-    aff = pre_affine if pre_affine is not None else (dgate,) * 3
-    with launch_device(x.device, "se_dgate_kernel"):
-        se_dgate_kernel[(N, triton.cdiv(C, BC))](
-            dout, x, dgate, *aff, C, H * W, *pixel_strides(dout), *pixel_strides(x),
-            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
-        )
-    return dgate
+    """``(N, C)`` fp32 ``sum_hw dout * x_eff``: the gradient reaching the SE gate."""
+    return _channel_sum(x, dout, 1.0, pre_affine, pre_relu, "se_dgate_kernel")
 
 
 def se_dx(dout: torch.Tensor, gate: torch.Tensor, dpooled: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
