@@ -1,0 +1,372 @@
+"""The GPU kit: one command that makes a short GPU lease count (``scripts/gpu_check.sh OUTDIR``).
+
+On a bare H100/H200 machine whose ``python3`` already has CUDA torch, Triton, ninja, nvcc and
+(optionally) ``compute-sanitizer``, and no network, it runs, within a global time budget:
+
+1. ``env``       nvidia-smi, versions, ``regnet_kernels info``;
+2. ``build``     the CUDA extension ``regnet_kernels._C`` in place, all cores, this GPU's arch only;
+3. concurrently (correctness, nothing timed):
+   ``tests``     the test suite on the GPU (pytest-xdist when present), per-test timeout;
+   ``sanitize``  ``compute-sanitizer --tool memcheck`` over the probe's small per-op and block cases,
+                 both backends (the smoke probe alone when the sanitizer is missing);
+   ``warm``      one fused step of each benchmarked workload, so Triton's JIT is off the timed path;
+4. one at a time (timed): ``bench`` for regnet_y_1_6gf (inference batch 256, training step batch 128,
+   every provider), regnet_y_400mf batch 1 under a CUDA graph, the per-kernel ``profile``, and
+   regnet_x_3_2gf; each step gets what is left of the budget, most valuable first.
+
+It writes at most 8 files into OUTDIR (summary.txt, kit.log, env.json, tests.xml, smoke.json, bench.json,
+speedup.png, profile.json) and prints a one-screen summary. ``--quick`` is a ~3-minute subset;
+``--dry-run`` runs the same steps at tiny sizes on whatever machine this is (CPU: Triton interpreter) and
+is what CI runs. ``--tune`` is accepted and reported as not implemented yet (no tuning table exists).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ("summary.txt", "kit.log", "env.json", "tests.xml", "smoke.json", "bench.json", "speedup.png",
+         "profile.json")
+
+
+@dataclass
+class Step:
+    name: str
+    argv: List[str]
+    cap_s: float
+    env: Dict[str, str] = field(default_factory=dict)
+    rc: Optional[int] = None
+    seconds: float = 0.0
+    note: str = ""
+    tail: str = ""
+
+
+class Kit:
+    def __init__(self, out: Path, budget_s: float, dry: bool, quick: bool):
+        self.out, self.dry, self.quick = out, dry, quick
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + budget_s
+        self.steps: List[Step] = []
+        self.tmp = out / "_work"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.log = open(out / "kit.log", "a", buffering=1)
+        self.py = sys.executable
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def say(self, msg: str) -> None:
+        line = f"[kit {time.monotonic() - self.t0:6.1f}s] {msg}"
+        print(line, flush=True)
+        self.log.write(line + "\n")
+
+    def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        return env
+
+    def start(self, step: Step) -> subprocess.Popen:
+        self.say(f"start {step.name}: {' '.join(step.argv)[:300]}")
+        fout = open(self.tmp / f"{step.name}.out", "w")
+        step._t = time.monotonic()  # type: ignore[attr-defined]
+        step._f = fout  # type: ignore[attr-defined]
+        step._cap = max(5.0, min(step.cap_s, self.left() - 5))  # type: ignore[attr-defined]
+        return subprocess.Popen(step.argv, cwd=ROOT, stdout=fout, stderr=subprocess.STDOUT, env=self._env(step.env),
+                                start_new_session=True)
+
+    def finish(self, step: Step, proc: subprocess.Popen) -> Step:
+        try:
+            proc.wait(timeout=max(1.0, step._cap - (time.monotonic() - step._t)))  # type: ignore[attr-defined]
+            step.rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            import signal
+
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+            except Exception:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except Exception:
+                    pass
+            step.rc = 124
+            step.note = f"stopped at its time cap ({step._cap:.0f} s)"  # type: ignore[attr-defined]
+        step.seconds = time.monotonic() - step._t  # type: ignore[attr-defined]
+        step._f.close()  # type: ignore[attr-defined]
+        text = (self.tmp / f"{step.name}.out").read_text(errors="replace")
+        step.tail = text[-3000:]
+        self.log.write(f"----- {step.name} (rc {step.rc}, {step.seconds:.1f} s) -----\n")
+        self.log.write(text[-60000:] + "\n")
+        self.say(f"end {step.name}: rc {step.rc} in {step.seconds:.1f} s {step.note}")
+        self.steps.append(step)
+        return step
+
+    def run(self, step: Step) -> Step:
+        if self.left() < 10:
+            step.rc, step.note = None, "not run: time budget spent"
+            self.steps.append(step)
+            self.say(f"skip {step.name}: budget spent")
+            return step
+        return self.finish(step, self.start(step))
+
+    def parallel(self, steps: List[Step]) -> None:
+        procs = [(s, self.start(s)) for s in steps]
+        for s, p in procs:
+            self.finish(s, p)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _env_step(kit: Kit) -> None:
+    info: Dict[str, object] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "dry_run": kit.dry,
+                               "quick": kit.quick}
+    for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
+                 "--format=csv,noheader"], ["nvcc", "--version"], ["git", "rev-parse", "HEAD"],
+                ["compute-sanitizer", "--version"]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=ROOT)
+            info[cmd[0]] = (r.stdout or r.stderr).strip()[-800:]
+        except Exception as e:
+            info[cmd[0]] = f"unavailable: {type(e).__name__}"
+    r = subprocess.run([kit.py, "-m", "regnet_kernels", "info", "--json"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=kit._env({}))
+    try:
+        info["regnet_kernels_info"] = json.loads(r.stdout)
+    except ValueError:
+        info["regnet_kernels_info"] = (r.stdout + r.stderr)[-2000:]
+    (kit.out / "env.json").write_text(json.dumps(info, indent=1, default=str))
+    kit.say(f"env: {str(info.get('nvidia-smi'))[:200]}")
+
+
+def _pytest_argv(kit: Kit) -> List[str]:
+    argv = [kit.py, "-m", "pytest", "-p", "no:cacheprovider", "-rfE", "--junitxml", str(kit.out / "tests.xml")]
+    if _has_module("xdist") and not kit.dry:
+        argv += ["-n", "8"]
+    if _has_module("pytest_timeout"):
+        argv += ["--timeout", "20" if kit.dry else "90"]
+    if kit.dry:
+        # the command line and collection are what a dry run can prove; one small module runs for real
+        return argv + ["-q", "tests/test_squeeze_excite.py", "-k", "opcheck or eager"]
+    if kit.quick:
+        return argv + ["-q", "tests/test_conv_bn_act.py", "tests/test_squeeze_excite.py", "tests/test_cuda_backend.py"]
+    return argv + ["-q", "tests"]
+
+
+def _bench(kit: Kit, tag: str, args: List[str], cap: float) -> Step:
+    return Step(f"bench_{tag}", [kit.py, "-m", "regnet_kernels", "bench", "--out", str(kit.tmp / "bench")] + args, cap)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output directory (at most 8 files are written into it)")
+    p.add_argument("--quick", action="store_true", help="~3-minute subset")
+    p.add_argument("--dry-run", action="store_true", help="same steps at tiny sizes (CPU: Triton interpreter)")
+    p.add_argument("--tune", action="store_true", help="config sweep for the slowest kernels (not implemented yet)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole kit (default 540, quick 180)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = a.budget or (180.0 if a.quick else 540.0)
+    if a.dry_run:
+        budget = a.budget or 600.0
+    kit = Kit(out, budget, a.dry_run, a.quick)
+    import torch
+
+    gpu = torch.cuda.is_available()
+    kit.say(f"gpu_check: {'dry run' if a.dry_run else ('quick' if a.quick else 'full')}, budget {budget:.0f} s, "
+            f"GPU {'yes: ' + torch.cuda.get_device_name() if gpu else 'no'}, torch {torch.__version__}")
+    if not gpu and not a.dry_run:
+        kit.say("no CUDA GPU visible: run with --dry-run on a machine without one")
+        return 2
+    _env_step(kit)
+    dry = a.dry_run
+
+    # 2. build ------------------------------------------------------------------------------------------
+    if dry and _has_module("regnet_kernels._C"):
+        kit.say("build: _C already built here (dry run does not rebuild)")
+    else:
+        arch = "90"
+        if gpu:
+            major, minor = torch.cuda.get_device_capability()
+            arch = f"{major}{minor}"
+        kit.run(Step("build", [kit.py, "setup.py", "build_ext", "--inplace"], 60 if dry else 200,
+                     env={"REGNET_KERNELS_CUDA_ARCH_LIST": arch,
+                          "REGNET_KERNELS_BUILD_JOBS": str(os.cpu_count() or 4)}))
+
+    # 3. correctness, concurrently ----------------------------------------------------------------------
+    sanitizer = shutil.which("compute-sanitizer")
+    smoke = [kit.py, "-m", "regnet_kernels.benchmark.probe", "smoke", "--out", str(out / "smoke.json")]
+    if sanitizer and gpu:
+        smoke = [sanitizer, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "20"] + smoke
+    else:
+        kit.say("sanitize: compute-sanitizer not found or no GPU: the smoke probe runs without it")
+    res, b_inf, b_tr = ("32", "2", "2") if dry else ("224", "256", "128")
+    # the main model; a dry run uses the smallest one (the interpreter pays per program)
+    m16 = "regnet_y_400mf" if dry else "regnet_y_1_6gf"
+    warm = []
+    if not a.quick:
+        workloads = [(m16, "infer", b_inf), (m16, "train", b_tr), ("regnet_y_400mf", "infer", "1")]
+        if not dry:
+            workloads += [("regnet_x_3_2gf", "infer", b_inf), ("regnet_x_3_2gf", "train", b_tr)]
+        for i, (m, mode, b) in enumerate(workloads):
+            warm.append(Step(f"warm{i}", [kit.py, "-m", "regnet_kernels.benchmark.probe", "warm", "--model", m,
+                                          "--mode", mode, "--batch", b, "--resolution", res], 90 if dry else 150))
+        if gpu:  # fills Inductor's caches so the timed compile run mostly re-traces
+            for i, mode in enumerate(("infer", "train")):
+                warm.append(Step(f"warmc{i}", [kit.py, "-m", "regnet_kernels.benchmark.probe", "warm", "--model",
+                                               m16, "--mode", mode, "--batch", b_inf if mode == "infer" else b_tr,
+                                               "--provider", "compile"], 150))
+    kit.parallel([Step("tests", _pytest_argv(kit), 60 if dry else 150),
+                  Step("sanitize", smoke, 60 if dry else 150)] + warm)
+
+    # 4. timed, one at a time (each bench call merges its records into the same JSON, so a step stopped at
+    # its cap loses only itself); most valuable first, torch.compile apart (its compile time is unbounded)
+    provs = "eager_nchw,eager_nhwc,triton,cuda" if gpu else "eager_nchw,triton,cuda"
+    common = ["--dtype", "bf16", "--compile-mode", "default"]
+    if dry:
+        common += ["--quick", "--resolution", "32", "--reps", "3", "--warmup", "1", "--numerics-batch", "2"]
+        bsz = ["--batch", "2"]
+    else:
+        common += ["--reps", "20", "--warmup", "5", "--numerics-batch", "8"]
+        bsz = []
+    cap = (lambda s: 60) if dry else (lambda s: s)
+    kit.run(_bench(kit, "y16_infer", ["--model", m16, "--mode", "infer", "--providers", provs, "--no-plots"]
+                   + common + bsz, cap(90)))
+    if not a.quick:
+        kit.run(_bench(kit, "y16_train", ["--model", m16, "--mode", "train", "--providers", provs, "--no-plots"]
+                       + common + bsz, cap(100)))
+    kit.run(_bench(kit, "y400_b1", ["--model", "regnet_y_400mf", "--mode", "infer", "--batch", "1", "--cuda-graph",
+                                    "--providers", provs, "--no-numerics", "--no-plots"] + common, cap(50)))
+    prof = [kit.py, "-m", "regnet_kernels.benchmark.probe", "profile", "--model", m16, "--resolution",
+            res, "--providers", "eager_nhwc,triton,cuda" if gpu else "triton"]
+    kit.run(Step("profile_infer", prof + ["--mode", "infer", "--batch", b_inf, "--out",
+                                          str(kit.tmp / "profile_infer.json")], cap(50)))
+    if not a.quick:
+        if gpu:
+            kit.run(_bench(kit, "y16_compile", ["--model", m16, "--mode", "both", "--providers", "compile"]
+                           + common + bsz, cap(120)))
+        kit.run(Step("profile_train", prof + ["--mode", "train", "--batch", b_tr, "--out",
+                                              str(kit.tmp / "profile_train.json")], cap(50)))
+        if not dry:
+            kit.run(_bench(kit, "x32", ["--model", "regnet_x_3_2gf", "--mode", "both", "--providers", provs,
+                                        "--no-plots"] + common, 120))
+    if a.tune:
+        kit.say("--tune: not implemented yet (no per-shape config table exists); nothing swept")
+
+    # gather -----------------------------------------------------------------------------------------------
+    profiles = {}
+    for mode in ("infer", "train"):
+        f = kit.tmp / f"profile_{mode}.json"
+        if f.exists():
+            profiles[mode] = json.loads(f.read_text())
+    (out / "profile.json").write_text(json.dumps(profiles, indent=1))
+    jsons = sorted(glob.glob(str(kit.tmp / "bench" / "*.json")))
+    bench_doc = json.loads(Path(jsons[-1]).read_text()) if jsons else {"records": []}
+    (out / "bench.json").write_text(json.dumps(bench_doc, indent=1))
+    _speedups(bench_doc)
+    (out / "bench.json").write_text(json.dumps(bench_doc, indent=1))
+    try:
+        from regnet_kernels.benchmark import plots
+
+        main_recs = [r for r in bench_doc["records"] if r.get("kind") == "measurement" and r.get("model") == m16
+                     and not r.get("cuda_graph")]
+        if main_recs:
+            plots.speedup_chart(str(out / "speedup.png"), measured=main_recs, floors={}, device=bench_doc.get(
+                "device", "?"), title=f"{m16}, bf16, measured by the GPU kit")
+    except Exception as e:  # a chart must not sink the kit
+        kit.say(f"speedup chart failed: {type(e).__name__}: {e}")
+    summary = _summary(kit, bench_doc, profiles)
+    (out / "summary.txt").write_text(summary)
+    print(summary, flush=True)
+    kit.log.close()
+    shutil.rmtree(kit.tmp, ignore_errors=True)
+    extra = [f for f in os.listdir(out) if f not in FILES]
+    if extra:
+        print(f"warning: unexpected files in {out}: {extra}", flush=True)
+    failed = [s.name for s in kit.steps if s.rc not in (0, None)]
+    return 1 if failed else 0
+
+
+def _speedups(doc: dict) -> None:
+    """Speed-up over the best eager provider of the same workload, across the merged bench runs."""
+    recs = [r for r in doc.get("records", []) if r.get("kind") == "measurement"]
+    best: Dict[tuple, float] = {}
+    key = lambda r: (r.get("model"), r.get("mode"), r.get("batch"), bool(r.get("cuda_graph")))  # noqa: E731
+    for r in recs:
+        if r.get("status") == "ok" and r.get("provider") in ("eager_nchw", "eager_nhwc"):
+            best[key(r)] = min(best.get(key(r), float("inf")), r["ms_median"])
+    for r in recs:
+        if r.get("status") == "ok" and key(r) in best:
+            r["speedup_vs_best_eager"] = best[key(r)] / r["ms_median"]
+
+
+def _tests_line(step: Optional[Step]) -> str:
+    if step is None:
+        return "tests: not run"
+    m = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped)[^\n]*?) in [\d.]+s", step.tail, flags=re.M)
+    counts = m[-1] if m else "no pytest summary line (stopped?)"
+    fails = re.findall(r"^(?:FAILED|ERROR) (\S+)", step.tail, flags=re.M)
+    return f"tests: {counts}" + (f"; first failures: {', '.join(fails[:6])}" if fails else "")
+
+
+def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
+    lines = ["", "=" * 100, f"GPU kit summary ({'dry run' if kit.dry else 'quick' if kit.quick else 'full'}), "
+             f"{time.monotonic() - kit.t0:.0f} s"]
+    lines.append("steps: " + ", ".join(f"{s.name} {'ok' if s.rc == 0 else s.rc} {s.seconds:.0f}s" for s in kit.steps))
+    by = {s.name: s for s in kit.steps}
+    lines.append(_tests_line(by.get("tests")))
+    sm = kit.out / "smoke.json"
+    if sm.exists():
+        recs = json.loads(sm.read_text())
+        bad = [f"{r['case']}/{r['backend']}: {r.get('error', r.get('rel_err'))}"[:100] for r in recs if not r["ok"]]
+        lines.append(f"smoke{' under memcheck' if 'compute-sanitizer' in ' '.join(by['sanitize'].argv) else ''}: "
+                     f"{len(recs) - len(bad)}/{len(recs)} ok, rc {by['sanitize'].rc}" + (f"; {bad[:3]}" if bad else ""))
+        errs = re.findall(r"=========\s+(Invalid .*|Program hit .*)", by["sanitize"].tail)
+        if errs:
+            lines.append(f"  memcheck: {errs[:3]}")
+    rows = [r for r in bench.get("records", []) if r.get("kind") == "measurement"]
+    if rows:
+        lines.append("bench (ms median | speed-up vs best eager | numerics pass):")
+        for r in rows:
+            num = r.get("numerics") or {}
+            ms, sp = r.get("ms_median"), r.get("speedup_vs_best_eager")
+            ms_s = f"{ms:.3f} ms" if isinstance(ms, (int, float)) else "-"
+            sp_s = f"{sp:.2f}x" if isinstance(sp, (int, float)) else ""
+            lines.append(f"  {r['model']:<15} {r['mode']:<5} b{r['batch']:<4} {'graph ' if r.get('cuda_graph') else ''}"
+                         f"{r['provider']:<11} {r.get('status', ''):<13} "
+                         f"{ms_s:>11} {sp_s:>7} "
+                         f"{'' if not num else ('PASS' if num.get('pass') else 'FAIL')} "
+                         f"{(r.get('error') or '')[:60]}")
+    for mode, doc in profiles.items():
+        for prov, res in doc.get("providers", {}).items():
+            if res.get("status") != "ok":
+                lines.append(f"profile {mode} {prov}: {res.get('error', '')[:90]}")
+                continue
+            top = list(res["kernels"].items())[:3]
+            lines.append(f"profile {mode} {prov}: {res['kernel_us_per_step'] / 1e3:.2f} ms kernels/step, "
+                         f"{res['launches_per_step']:.0f} launches; top: "
+                         + "; ".join(f"{k[:40]} {v['us_per_step'] / 1e3:.2f} ms" for k, v in top))
+    lines.append(f"files: {', '.join(f for f in FILES if (kit.out / f).exists())} in {kit.out}")
+    lines.append("=" * 100)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
