@@ -155,17 +155,19 @@ def _env_step(kit: Kit) -> None:
 
 
 def _pytest_argv(kit: Kit) -> List[str]:
-    argv = [kit.py, "-m", "pytest", "-p", "no:cacheprovider", "-rfE", "--junitxml", str(kit.out / "tests.xml")]
+    # -v: one line per test as it finishes, so a run stopped at its cap still names every failure
+    argv = [kit.py, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rfE", "-W", "ignore::UserWarning",
+            "--junitxml", str(kit.out / "tests.xml")]
     if _has_module("xdist") and not kit.dry:
-        argv += ["-n", "8"]
+        argv += ["-n", str(max(2, min(12, (os.cpu_count() or 4) - 4)))]
     if _has_module("pytest_timeout"):
         argv += ["--timeout", "20" if kit.dry else "90"]
     if kit.dry:
         # the command line and collection are what a dry run can prove; one small module runs for real
-        return argv + ["-q", "tests/test_squeeze_excite.py", "-k", "opcheck or eager"]
+        return argv + ["tests/test_squeeze_excite.py", "-k", "opcheck or eager"]
     if kit.quick:
-        return argv + ["-q", "tests/test_conv_bn_act.py", "tests/test_squeeze_excite.py", "tests/test_cuda_backend.py"]
-    return argv + ["-q", "tests"]
+        return argv + ["tests/test_conv_bn_act.py", "tests/test_squeeze_excite.py", "tests/test_cuda_backend.py"]
+    return argv + ["tests"]
 
 
 def _bench(kit: Kit, tag: str, args: List[str], cap: float) -> Step:
@@ -222,19 +224,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     m16 = "regnet_y_400mf" if dry else "regnet_y_1_6gf"
     warm = []
     if not a.quick:
-        workloads = [(m16, "infer", b_inf), (m16, "train", b_tr), ("regnet_y_400mf", "infer", "1")]
+        workloads = [("regnet_y_400mf", "infer", "1")]
+        if not dry:  # the interpreter is too slow for more: a dry run proves the command lines, not the cache
+            workloads += [(m16, "infer", b_inf), (m16, "train", b_tr)]
         if not dry:
             workloads += [("regnet_x_3_2gf", "infer", b_inf), ("regnet_x_3_2gf", "train", b_tr)]
         for i, (m, mode, b) in enumerate(workloads):
             warm.append(Step(f"warm{i}", [kit.py, "-m", "regnet_kernels.benchmark.probe", "warm", "--model", m,
-                                          "--mode", mode, "--batch", b, "--resolution", res], 90 if dry else 150))
+                                          "--mode", mode, "--batch", b, "--resolution", res], 90 if dry else 200))
         if gpu:  # fills Inductor's caches so the timed compile run mostly re-traces
             for i, mode in enumerate(("infer", "train")):
                 warm.append(Step(f"warmc{i}", [kit.py, "-m", "regnet_kernels.benchmark.probe", "warm", "--model",
                                                m16, "--mode", mode, "--batch", b_inf if mode == "infer" else b_tr,
-                                               "--provider", "compile"], 150))
-    kit.parallel([Step("tests", _pytest_argv(kit), 60 if dry else 150),
-                  Step("sanitize", smoke, 60 if dry else 150)] + warm)
+                                               "--provider", "compile"], 200))
+    kit.parallel([Step("tests", _pytest_argv(kit), 60 if dry else 200),
+                  Step("sanitize", smoke + (["--backends", "triton"] if dry else []), 60 if dry else 150)] + warm)
 
     # 4. timed, one at a time (each bench call merges its records into the same JSON, so a step stopped at
     # its cap loses only itself); most valuable first, torch.compile apart (its compile time is unbounded)
@@ -249,16 +253,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     cap = (lambda s: 60) if dry else (lambda s: s)
     kit.run(_bench(kit, "y16_infer", ["--model", m16, "--mode", "infer", "--providers", provs, "--no-plots"]
                    + common + bsz, cap(90)))
-    if not a.quick:
+    if not a.quick and not dry:  # (dry: the smoke probe runs the training kernels; a model step is minutes)
         kit.run(_bench(kit, "y16_train", ["--model", m16, "--mode", "train", "--providers", provs, "--no-plots"]
                        + common + bsz, cap(100)))
     kit.run(_bench(kit, "y400_b1", ["--model", "regnet_y_400mf", "--mode", "infer", "--batch", "1", "--cuda-graph",
                                     "--providers", provs, "--no-numerics", "--no-plots"] + common, cap(50)))
     prof = [kit.py, "-m", "regnet_kernels.benchmark.probe", "profile", "--model", m16, "--resolution",
-            res, "--providers", "eager_nhwc,triton,cuda" if gpu else "triton"]
+            res, "--providers", "eager_nhwc,triton,cuda" if gpu else "eager_nhwc"] + (["--steps", "1"] if dry else [])
     kit.run(Step("profile_infer", prof + ["--mode", "infer", "--batch", b_inf, "--out",
                                           str(kit.tmp / "profile_infer.json")], cap(50)))
-    if not a.quick:
+    if not a.quick and not dry:
         if gpu:
             kit.run(_bench(kit, "y16_compile", ["--model", m16, "--mode", "both", "--providers", "compile"]
                            + common + bsz, cap(120)))
@@ -317,13 +321,15 @@ def _speedups(doc: dict) -> None:
             r["speedup_vs_best_eager"] = best[key(r)] / r["ms_median"]
 
 
-def _tests_line(step: Optional[Step]) -> str:
+def _tests_line(step: Optional[Step], log: str = "") -> str:
     if step is None:
         return "tests: not run"
-    m = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped)[^\n]*?) in [\d.]+s", step.tail, flags=re.M)
-    counts = m[-1] if m else "no pytest summary line (stopped?)"
-    fails = re.findall(r"^(?:FAILED|ERROR) (\S+)", step.tail, flags=re.M)
-    return f"tests: {counts}" + (f"; first failures: {', '.join(fails[:6])}" if fails else "")
+    m = re.findall(r"^=*\s*(\d+ (?:passed|failed|error|skipped)[^\n]*?) in [\d.]+s", log, flags=re.M)
+    counts = {k: len(re.findall(rf" {k}\b", log)) for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+    head = m[-1] if m else f"stopped before pytest's summary; seen so far {counts}"
+    fails = sorted(set(re.findall(r"(?:FAILED|ERROR) (tests/\S+)", log)))
+    return f"tests: {head}" + (f"; failures: {', '.join(fails[:12])}" + (" ..." if len(fails) > 12 else "")
+                               if fails else "")
 
 
 def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
@@ -331,7 +337,8 @@ def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
              f"{time.monotonic() - kit.t0:.0f} s"]
     lines.append("steps: " + ", ".join(f"{s.name} {'ok' if s.rc == 0 else s.rc} {s.seconds:.0f}s" for s in kit.steps))
     by = {s.name: s for s in kit.steps}
-    lines.append(_tests_line(by.get("tests")))
+    tlog = kit.tmp / "tests.out"
+    lines.append(_tests_line(by.get("tests"), tlog.read_text(errors="replace") if tlog.exists() else ""))
     sm = kit.out / "smoke.json"
     if sm.exists():
         recs = json.loads(sm.read_text())
@@ -349,10 +356,11 @@ def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
             ms, sp = r.get("ms_median"), r.get("speedup_vs_best_eager")
             ms_s = f"{ms:.3f} ms" if isinstance(ms, (int, float)) else "-"
             sp_s = f"{sp:.2f}x" if isinstance(sp, (int, float)) else ""
+            num_s = "" if num.get("status") != "ok" else ("PASS" if num.get("pass") else "FAIL")
             lines.append(f"  {r['model']:<15} {r['mode']:<5} b{r['batch']:<4} {'graph ' if r.get('cuda_graph') else ''}"
                          f"{r['provider']:<11} {r.get('status', ''):<13} "
                          f"{ms_s:>11} {sp_s:>7} "
-                         f"{'' if not num else ('PASS' if num.get('pass') else 'FAIL')} "
+                         f"{num_s} "
                          f"{(r.get('error') or '')[:60]}")
     for mode, doc in profiles.items():
         for prov, res in doc.get("providers", {}).items():

@@ -170,7 +170,7 @@ def warm(model: str, mode: str, batch: int, provider: str = "triton", dtype: str
 
 
 def profile(model: str, mode: str, batch: int, providers: List[str], dtype: str = "bf16",
-            resolution: int = 224, steps: int = 3) -> Dict[str, dict]:
+            resolution: int = 224, steps: int = 3, warmup: int = 2) -> Dict[str, dict]:
     """Measured per-kernel GPU time of one step, per provider (torch.profiler, CUDA activity)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -182,7 +182,7 @@ def profile(model: str, mode: str, batch: int, providers: List[str], dtype: str 
         try:
             built, x, t = _built(model, mode, batch, prov, dtype, resolution)
             with built.active():
-                for _ in range(2):
+                for _ in range(warmup):
                     built.step(x, t)
                 _sync(dev)
                 with tprofile(activities=acts) as prof:
@@ -238,6 +238,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         q.add_argument("--providers" if name == "profile" else "--provider",
                        default="eager_nhwc,triton,cuda" if name == "profile" else "triton")
         q.add_argument("--out", default=None)
+        if name == "profile":
+            q.add_argument("--steps", type=int, default=3, help="profiled steps (after one or two warm-up steps)")
     a = p.parse_args(argv)
     from regnet_kernels.benchmark.providers import DTYPES
 
@@ -262,7 +264,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         s = warm(a.model, a.mode, a.batch, a.provider, a.dtype, a.resolution)
         print(f"warm {a.model} {a.mode} batch {a.batch} {a.provider}: {s:.1f} s", flush=True)
         return 0
-    res = profile(a.model, a.mode, a.batch, a.providers.split(","), a.dtype, a.resolution)
+    res = profile(a.model, a.mode, a.batch, a.providers.split(","), a.dtype, a.resolution, steps=a.steps,
+                  warmup=min(2, a.steps))
     doc = {"model": a.model, "mode": a.mode, "batch": a.batch, "dtype": a.dtype, "resolution": a.resolution,
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "providers": res}
     if a.out:
