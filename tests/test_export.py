@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import regnet_kernels as rk
-from _numerics import check, rel_err
+from _numerics import FP32_REL, check, rel_err
 from conftest import DEVICE, HAS_CUDA, import_timm, import_torchvision, kernel_ready
 from regnet_kernels import export as rk_export
 from regnet_kernels.models import RegNet, RegNetParams, get_model
@@ -106,8 +106,8 @@ def _outputs(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def assert_matches_eager(got, pair: Pair, x: torch.Tensor, what: str) -> float:
-    """Every output vs the eager model (<= RTOL) and vs the float64 oracle (the handbook's rule)."""
+def assert_matches_eager(got, pair: Pair, x: torch.Tensor, what: str, rtol: float = RTOL) -> float:
+    """Every output vs the eager model (<= rtol) and vs the float64 oracle (the handbook's rule)."""
     x = x.cpu()
     with torch.no_grad():
         ref = _outputs(pair.eager(x))
@@ -120,7 +120,7 @@ def assert_matches_eager(got, pair: Pair, x: torch.Tensor, what: str) -> float:
         assert g.shape == r.shape, (what, i, g.shape, r.shape)
         check(f"{what}[{i}]", g, r, r64, torch.float32)
         err = rel_err(g, r)
-        assert err <= RTOL, (what, i, err)
+        assert err <= rtol, (what, i, err)
         worst = max(worst, err)
     return worst
 
@@ -144,8 +144,7 @@ def test_export_keeps_fused_ops_dynamic_batch_and_round_trips(name, tmp_path):
     assert ops == {"conv_bn_act_eval": 1, "bottleneck_eval": _n_blocks(fused)}, ops
     assert not [n for n in ep.graph.nodes if "convolution" in str(n.target)]
     # the backend was resolved once at trace time and is recorded in the graph (auto -> eager on CPU)
-    backends = {n.args[-1] for n in ep.graph.nodes if str(n.target).startswith("regnet_kernels.")}
-    assert backends == ({"eager"} if DEVICE.type == "cpu" else backends) and len(backends) == 1
+    assert {n.args[-1] for n in ep.graph.nodes if str(n.target).startswith("regnet_kernels.")} == {"eager"}
 
     path = tmp_path / f"{name}.pt2"
     torch.export.save(ep, path)
@@ -188,7 +187,8 @@ def test_exported_triton_program_runs_the_kernels_after_load(tmp_path):
     with torch.no_grad():
         out = loaded(x)
     assert sum(utils.LAUNCHES.values()) > before
-    assert_matches_eager(out, pair, x, "triton program")
+    # (the interpreter computes in exact fp32; on a GPU the handbook's fp32 bound applies)
+    assert_matches_eager(out, pair, x, "triton program", rtol=RTOL if DEVICE.type == "cpu" else FP32_REL)
 
 
 def test_export_refuses_training_mode():
