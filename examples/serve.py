@@ -201,7 +201,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
             # the ONNX file is fp32 whatever --dtype: CPU runtimes serve fp32
             onnx_model = copy.deepcopy(fused).float().cpu() if (dtype != torch.float32 or device.type != "cpu") \
                 else fused
-            rk_export.onnx_export(onnx_model, inputs[batches[0]].float().cpu(), onnx_path, external_data=False)
+            # weights inside the file unless protobuf's 2 GB limit forbids it (regnet_y_128gf)
+            big = sum(p.numel() for p in onnx_model.parameters()) * 4 > 1 << 30
+            rk_export.onnx_export(onnx_model, inputs[batches[0]].float().cpu(), onnx_path, external_data=big)
             files["onnx"] = str(onnx_path)
             print(f"onnx: saved to {onnx_path} ({time.perf_counter() - t0:.1f} s)")
             session = _onnxruntime_session(onnx_path)

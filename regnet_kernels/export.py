@@ -107,7 +107,7 @@ def fused_ops_in(program: Union[torch.export.ExportedProgram, torch.fx.GraphModu
         target = node.target
         if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) \
                 and target.namespace == "regnet_kernels":
-            name = target._opname
+            name = target.name().split("::", 1)[1].split(".")[0]
             counts[name] = counts.get(name, 0) + 1
     return counts
 
