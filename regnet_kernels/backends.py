@@ -64,6 +64,11 @@ def _cached(key: str, fn: Callable[[], object]):
     return _probe_cache[key]
 
 
+# The environment probes below are constants for a process (what is installed, and the interpreter mode,
+# which Triton fixes when our kernel modules are first imported). Dynamo cannot trace them (they import
+# packages and read triton.knobs), so a compiled graph takes their value at trace time: the backend is
+# decided outside the traced region even when torch.compile is the very first call.
+@torch.compiler.assume_constant_result
 def triton_interpreting() -> bool:
     """True when Triton kernels are (or will be) built in interpreter mode (``TRITON_INTERPRET=1``).
 
@@ -187,6 +192,8 @@ class Backend:
         devices = {t.device for t in ts}
         if len({d.type for d in devices}) > 1 or len(devices) > 1:
             return "inputs are on different devices: " + ", ".join(sorted(str(d) for d in devices))
+        if ts and all(t.device.type == "meta" for t in ts):
+            return None  # meta tensors carry shapes only: every op runs its fake implementation
         if ts:
             reason = self.why_not_device(ts[0].device)
             if reason is not None:
@@ -208,6 +215,7 @@ def _eager_device(device: torch.device) -> Optional[str]:
     return None
 
 
+@torch.compiler.assume_constant_result
 def _triton_env() -> Optional[str]:
     err = _triton_import_error()
     if err is not None:
@@ -233,6 +241,7 @@ def _triton_device(device: torch.device) -> Optional[str]:
     return f"triton backend does not support device type {device.type!r}"
 
 
+@torch.compiler.assume_constant_result
 def _cuda_env() -> Optional[str]:
     st = _cuda_ext_status()
     if not st["built"] and _cupy_status() is not None:

@@ -6,35 +6,36 @@ class names alone. Replacements keep the original submodules as children under t
 so ``state_dict()`` keys, parameter objects (and therefore optimizers), buffers and checkpoints are
 unchanged. :func:`restore` puts the original modules back.
 
-Recognised today:
+Recognised today (the parsing lives in :mod:`regnet_kernels.matching`):
 
 - conv -> BatchNorm (-> ReLU) containers: an ``nn.Sequential`` (or a subclass that keeps
   ``Sequential.forward``, e.g. torchvision's ``Conv2dNormActivation``) whose children are exactly
   ``[Conv2d, BatchNorm2d]`` or ``[Conv2d, BatchNorm2d, ReLU | Identity]``; timm's ``ConvNormAct``
-  (children ``conv`` and ``bn``, the BatchNorm carrying ``act`` and ``drop``, no anti-aliasing).
+  (children ``conv`` and ``bn``, a ``BatchNormAct2d`` carrying ``act`` and ``drop``, no anti-aliasing).
 - whole RegNet bottleneck blocks: torchvision's / our zoo's ``ResBottleneckBlock`` and timm's RegNet
   ``Bottleneck`` (:class:`regnet_kernels.nn.FusedBottleneck`); inside them the conv-BN-ReLU pieces and
   the SE module are fused too, for the calls a whole-block kernel cannot take;
 - squeeze-excitation modules elsewhere (torchvision ``SqueezeExcitation``, timm ``SEModule``).
+
+A recognised structure is still left alone, with the reason in the :class:`FusionReport`, when replacing
+it could be observed: hooks, pruning, parametrization, a replaced ``forward``, or a module used twice
+(:func:`regnet_kernels.matching.equivalence_reason`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
 from torch import nn
 
 from regnet_kernels import backends as _backends
+from regnet_kernels.matching import equivalence_reason, module_paths, parse_conv_bn_act, se_structure
 from regnet_kernels.nn.bottleneck import match_bottleneck
-from regnet_kernels.nn.conv_bn_act import (
-    FusedConvBNAct2d,
-    activation_name,
-    bn_unsupported_reason,
-    conv_unsupported_reason,
-)
-from regnet_kernels.nn.squeeze_excite import FusedSqueezeExcite, se_structure
+from regnet_kernels.nn.conv_bn_act import FusedConvBNAct2d
+from regnet_kernels.nn.squeeze_excite import FusedSqueezeExcite
 
-__all__ = ["optimize", "restore", "FusionReport", "fusion_report", "register_matcher", "is_fused"]
+__all__ = ["optimize", "restore", "unfused", "FusionReport", "fusion_report", "register_matcher", "is_fused"]
 
 _ORIGINAL = "_regnet_kernels_original"
 _REPORT = "_regnet_kernels_report"
@@ -46,7 +47,10 @@ Matcher = Callable[[nn.Module, str], Tuple[Optional[nn.Module], Optional[str]]]
 
 @dataclass
 class FusionReport:
-    """What :func:`optimize` fused and what it left alone, with reasons."""
+    """What :func:`optimize` fused and what it left alone, with reasons.
+
+    ``fused``: ``(path, fused module type)``; ``skipped``: ``(path, reason)`` (``""`` is the model itself).
+    """
 
     fused: List[Tuple[str, str]] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
@@ -66,53 +70,14 @@ class FusionReport:
         return "\n".join(lines)
 
 
-def _match_sequential(m: nn.Module, backend: str):
-    """torchvision ``Conv2dNormActivation`` and plain ``nn.Sequential(conv, bn[, act])``."""
-    if not isinstance(m, nn.Sequential) or type(m).forward is not nn.Sequential.forward:
-        return None, None
-    children = list(m.named_children())
-    if len(children) not in (2, 3) or not isinstance(children[0][1], nn.Conv2d):
-        return None, None
-    if not isinstance(children[1][1], nn.modules.batchnorm._BatchNorm):
-        return None, None
-    (cname, conv), (bname, bn) = children[0], children[1]
-    reason = conv_unsupported_reason(conv) or bn_unsupported_reason(bn, conv.out_channels)
-    if reason is not None:
+def _match_conv_bn_act(m: nn.Module, backend: str):
+    """torchvision ``Conv2dNormActivation``, ``nn.Sequential(conv, bn[, act])`` and timm's ``ConvNormAct``."""
+    parsed, reason = parse_conv_bn_act(m)
+    if parsed is None:
         return None, reason
-    act_mod = children[2][1] if len(children) == 3 else None
-    act, reason = activation_name(act_mod)
-    if reason is not None:
-        return None, reason
-    if getattr(bn, "act", None) is not None:  # a norm-act layer inside a Sequential: act must be identity
-        inner, reason = activation_name(bn.act)
-        if reason is not None or (inner is not None and act is not None):
-            return None, reason or "two activations"
-        act = act or inner
-    extra = {children[2][0]: act_mod} if act_mod is not None else None
-    return FusedConvBNAct2d(conv, bn, act, names=(cname, bname), extra_children=extra, backend=backend), None
-
-
-def _match_conv_norm_act(m: nn.Module, backend: str):
-    """timm's ``ConvNormAct``: children ``conv`` and ``bn`` (a norm-act layer), optional no-op ``aa``."""
-    if isinstance(m, nn.Sequential):
-        return None, None
-    names = dict(m.named_children())
-    if set(names) - {"conv", "bn", "aa"} or "conv" not in names or "bn" not in names:
-        return None, None
-    conv, bn = names["conv"], names["bn"]
-    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not hasattr(bn, "act"):
-        return None, None
-    aa = names.get("aa")
-    if aa is not None and not isinstance(aa, nn.Identity):
-        return None, f"anti-aliasing layer {type(aa).__name__} after the norm"
-    reason = conv_unsupported_reason(conv) or bn_unsupported_reason(bn, conv.out_channels)
-    if reason is not None:
-        return None, reason
-    act, reason = activation_name(bn.act)
-    if reason is not None:
-        return None, reason
-    extra = {"aa": aa} if aa is not None else None
-    return FusedConvBNAct2d(conv, bn, act, names=("conv", "bn"), extra_children=extra, backend=backend), None
+    extra = {name: m.get_submodule(name) for name in parsed.extra}
+    return FusedConvBNAct2d(m.get_submodule(parsed.conv), m.get_submodule(parsed.bn), parsed.activation,
+                            names=(parsed.conv, parsed.bn), extra_children=extra or None, backend=backend), None
 
 
 def _match_squeeze_excite(m: nn.Module, backend: str):
@@ -124,7 +89,7 @@ def _match_squeeze_excite(m: nn.Module, backend: str):
 
 
 # block-level first: a whole bottleneck beats its per-op pieces
-_MATCHERS: List[Matcher] = [match_bottleneck, _match_sequential, _match_conv_norm_act, _match_squeeze_excite]
+_MATCHERS: List[Matcher] = [match_bottleneck, _match_conv_bn_act, _match_squeeze_excite]
 
 
 def register_matcher(matcher: Matcher, *, first: bool = True) -> None:
@@ -142,38 +107,58 @@ def is_fused(m: nn.Module) -> bool:
     return _ORIGINAL in m.__dict__
 
 
-def _walk(module: nn.Module, prefix: str, backend: str, report: FusionReport) -> None:
-    for name, child in list(module.named_children()):
-        qual = f"{prefix}.{name}" if prefix else name
-        if is_fused(child):
-            for sub in child.modules():
-                if hasattr(sub, "backend") and is_fused(sub):
-                    sub.backend = backend
-            report.fused.append((qual, type(child).__name__))
-            continue
-        replacement, candidate_reason = None, None
-        for matcher in _MATCHERS:
-            rep, reason = matcher(child, backend)
-            if rep is not None:
+def _visit(m: nn.Module, qual: str, backend: str, report: FusionReport,
+           paths: Mapping[int, List[str]]) -> Optional[nn.Module]:
+    """Fuse ``m`` if it is a recognised structure and replacing it is invisible (returns the replacement);
+    otherwise record why not (for a candidate) and descend into it (returns None)."""
+    if is_fused(m):  # optimized before: retarget it
+        for sub in m.modules():
+            if hasattr(sub, "backend") and is_fused(sub):
+                sub.backend = backend
+        report.fused.append((qual, type(m).__name__))
+        return None
+    replacement, candidate_reason = None, None
+    for matcher in _MATCHERS:
+        rep, reason = matcher(m, backend)
+        if rep is not None:
+            reason = equivalence_reason(m, paths)
+            if reason is None:
                 replacement = rep
-                break
-            if reason is not None and candidate_reason is None:
+            else:
                 candidate_reason = reason
-        if replacement is not None:
-            replacement.__dict__[_ORIGINAL] = child
-            replacement.train(child.training)
-            setattr(module, name, replacement)
-            report.fused.append((qual, type(replacement).__name__))
-            # a block-level replacement may hold per-op-fusable pieces it chose to keep
-            _walk(replacement, qual, backend, report)
-            continue
+            break
+        if reason is not None and candidate_reason is None:
+            candidate_reason = reason
+    if replacement is None:
         if candidate_reason is not None:
             report.skipped.append((qual, candidate_reason))
-        _walk(child, qual, backend, report)
+        _walk(m, qual, backend, report, paths)
+        return None
+    replacement.__dict__[_ORIGINAL] = m
+    replacement.train(m.training)
+    report.fused.append((qual, type(replacement).__name__))
+    # a block-level replacement may hold per-op-fusable pieces it chose to keep
+    _walk(replacement, qual, backend, report, paths)
+    return replacement
+
+
+def _walk(module: nn.Module, prefix: str, backend: str, report: FusionReport,
+          paths: Mapping[int, List[str]]) -> None:
+    for name, child in list(module.named_children()):
+        replacement = _visit(child, f"{prefix}.{name}" if prefix else name, backend, report, paths)
+        if replacement is not None:
+            setattr(module, name, replacement)
 
 
 def optimize(model: nn.Module, backend: str = "auto", *, return_report: bool = False):
     """Rewrite ``model`` in place onto the fused ops; returns the model (and the report if asked).
+
+    Only what is provably identical is fused: structures of exactly known types and configuration (see
+    :mod:`regnet_kernels.matching`). Everything else is left alone, and the report says why: unsupported
+    layers or settings (e.g. an activation other than ``nn.ReLU``, a conv with bias, dilation or
+    non-zero padding mode), module hooks (forward, pre-forward, backward; or global module hooks), pruned
+    (``torch.nn.utils.prune``) or parametrized (``torch.nn.utils.parametrize``) convs, a ``forward``
+    replaced on an instance, and modules used at more than one place in the model.
 
     Args:
         model: any ``nn.Module``: our zoo's RegNets, torchvision's, timm's, or any CNN built of
@@ -185,7 +170,10 @@ def optimize(model: nn.Module, backend: str = "auto", *, return_report: bool = F
         return_report: also return the :class:`FusionReport` (also kept: :func:`fusion_report`).
 
     Returns:
-        ``model`` (the same object), or ``(model, report)``.
+        The optimized model, or ``(model, report)``. That is ``model`` itself (changed in place), except
+        when ``model`` is itself a single fusable module (e.g. a bare ``Conv2dNormActivation`` or a
+        bottleneck block): then it is a new fused module holding ``model``'s children, and **the return
+        value must be used** (``m = regnet_kernels.optimize(m)``); ``model`` is left unchanged.
 
     Equivalent PyTorch: the unmodified ``model``.
     """
@@ -194,22 +182,14 @@ def optimize(model: nn.Module, backend: str = "auto", *, return_report: bool = F
     if backend not in _backends.REQUESTABLE:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(_backends.REQUESTABLE)}")
     report = FusionReport(backend=backend)
-    root_rep = None
-    for matcher in _MATCHERS:
-        rep, reason = matcher(model, backend)
-        if rep is not None:
-            root_rep = rep
-            break
-    if root_rep is not None:
-        raise ValueError("optimize: the model itself is a single fusable module; wrap it in a container "
-                         "(e.g. nn.Sequential(model)) so it can be replaced in place")
-    _walk(model, "", backend, report)
-    for qual, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and not any(qual.startswith(f + ".") for f, _ in report.fused):
-            if not any(qual == s or qual.startswith(s + ".") for s, _ in report.skipped):
+    root = _visit(model, "", backend, report, module_paths(model)) or model
+    fused_prefixes = [f for f, _ in report.fused]
+    for qual, m in root.named_modules():
+        if isinstance(m, nn.Conv2d) and not any(f == "" or qual.startswith(f + ".") for f in fused_prefixes):
+            if not any(s == "" or qual == s or qual.startswith(s + ".") for s, _ in report.skipped):
                 report.skipped.append((qual, "conv not in a recognised conv -> BatchNorm (-> ReLU) structure"))
-    model.__dict__[_REPORT] = report
-    return (model, report) if return_report else model
+    root.__dict__[_REPORT] = report
+    return (root, report) if return_report else root
 
 
 def fusion_report(model: nn.Module) -> Optional[FusionReport]:
@@ -217,24 +197,63 @@ def fusion_report(model: nn.Module) -> Optional[FusionReport]:
     return model.__dict__.get(_REPORT)
 
 
+def _unfuse(fused: nn.Module) -> nn.Module:
+    original = fused.__dict__[_ORIGINAL]
+    # the fused module's current children win: they may have been swapped since optimize()
+    # (e.g. nn.SyncBatchNorm.convert_sync_batchnorm) and the original must see the same ones
+    for sub_name, sub in fused.named_children():
+        if sub_name in original._modules:
+            original._modules[sub_name] = sub
+    restore(original)
+    original.train(fused.training)
+    return original
+
+
 def restore(model: nn.Module) -> nn.Module:
     """Undo :func:`optimize` in place: every fused module is replaced by the module it replaced.
 
     The original modules share their parameters and buffers with the fused ones, so training done on
-    the optimized model is kept.
+    the optimized model is kept. Returns ``model``, or, when ``model`` is itself a fused module (what
+    :func:`optimize` returns for a bare fusable module), the original module it replaced.
     """
+    model.__dict__.pop(_REPORT, None)
+    if is_fused(model):
+        return _unfuse(model)
     for name, child in list(model.named_children()):
         if is_fused(child):
-            original = child.__dict__[_ORIGINAL]
-            # the fused module's current children win: they may have been swapped since optimize()
-            # (e.g. nn.SyncBatchNorm.convert_sync_batchnorm) and the original must see the same ones
-            for sub_name, sub in child.named_children():
-                if sub_name in original._modules:
-                    original._modules[sub_name] = sub
-            restore(original)
-            original.train(child.training)
-            setattr(model, name, original)
+            setattr(model, name, _unfuse(child))
         else:
             restore(child)
-    model.__dict__.pop(_REPORT, None)
     return model
+
+
+@contextlib.contextmanager
+def unfused(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put the original modules back (as :func:`restore`), then the fused ones again.
+
+    For tools that observe the original modules' forwards (e.g. per-conv hooks counting MACs). Yields the
+    module to run: ``model``, or the original one when ``model`` is itself fused.
+    """
+    swapped = []  # (parent or None, name, fused), outermost first
+
+    def swap(parent: Optional[nn.Module], name: str, m: nn.Module) -> nn.Module:
+        if is_fused(m):
+            original = m.__dict__[_ORIGINAL]
+            for sub_name, sub in m.named_children():
+                if sub_name in original._modules:
+                    original._modules[sub_name] = sub
+            swapped.append((parent, name, m))
+            if parent is not None:
+                parent._modules[name] = original
+            m = original
+        for child_name, child in list(m.named_children()):
+            swap(m, child_name, child)
+        return m
+
+    root = swap(None, "", model)
+    try:
+        yield root
+    finally:
+        for parent, name, fused in reversed(swapped):
+            if parent is not None:
+                parent._modules[name] = fused

@@ -5,8 +5,9 @@
 * :class:`RegNet`: the ``nn.Module``; names, shapes and init identical to ``torchvision.models.RegNet``.
 * :class:`RegNetFeatures`: the backbone (stem + stage feature maps, strides 4-32) for detection and
   segmentation heads: ``get_model(name, features_only=True)``; :func:`load_classifier_state_dict`.
-* Named constructors: torchvision's 15 (``regnet_y_400mf`` ...) and pycls's 24 (``regnetx_200mf`` ...),
-  :func:`list_models`, :func:`get_model`, :data:`PUBLISHED` figures.
+* Named constructors: torchvision's 15 (``regnet_y_400mf`` ...) and pycls's 24 (``regnetx_200mf`` ...,
+  also as ``RegNetX-200MF`` / timm's ``regnetx_002``: :data:`ALIASES`), :func:`list_models`,
+  :func:`get_model`, :data:`PUBLISHED` figures.
 * :func:`complexity`: params / MACs / acts of any CNN, counted on the meta device.
 """
 
@@ -26,6 +27,7 @@ from .regnet import (
     StageSpec,
 )
 from .zoo import (
+    ALIASES,
     MODEL_PARAMS,
     PUBLISHED,
     get_model,
@@ -73,6 +75,7 @@ from .zoo import (
 )
 
 __all__ = [
+    "ALIASES",
     "MODEL_PARAMS",
     "PUBLISHED",
     "ROUNDINGS",

@@ -105,11 +105,22 @@ def complexity(
         counts["acts"] += out
         counts["pycls_flops"] += macs + (out if module.bias is not None else 0)
 
+    # modules put in by regnet_kernels.optimize do not call their convs' forwards: count the originals
+    from regnet_kernels.optimize import unfused
+
+    with unfused(model) as plain:
+        _run_meta(plain, x_shape=(_BATCH, in_channels, h, w), dtype=dtype, count=count)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, **counts}
+
+
+def _run_meta(model: nn.Module, x_shape: tuple, dtype: torch.dtype, count) -> None:
+    """One forward on meta tensors with ``count`` hooked on every conv and linear."""
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
     try:
         meta = {n: torch.empty_like(t, device="meta") for n, t in model.named_parameters()}
         meta.update({n: torch.empty_like(t, device="meta") for n, t in model.named_buffers()})
-        x = torch.empty((_BATCH, in_channels, h, w), device="meta", dtype=dtype)
+        x = torch.empty(x_shape, device="meta", dtype=dtype)
         with torch.no_grad():
             try:
                 torch.func.functional_call(model, meta, (x,), strict=False, tie_weights=True)
@@ -121,6 +132,3 @@ def complexity(
     finally:
         for handle in handles:
             handle.remove()
-
-    params = sum(p.numel() for p in model.parameters())
-    return {"params": params, **counts}

@@ -25,6 +25,7 @@ and a seeded construction draws the same initial weights. torchvision is not imp
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,12 +126,19 @@ class BlockSpec:
         return self.width_in != self.width_out or self.stride != 1
 
 
+#: Largest depth and channel count :class:`RegNetParams` accepts. Beyond them no network can be built
+#: (a 1x1 conv 2**20 channels wide alone has 2**40 weights), and torchvision's float32 width arithmetic
+#: overflows, so such values are refused up front, naming the parameter.
+MAX_DEPTH = 10_000
+MAX_WIDTH = 2**20
+
+
 def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -170,10 +178,11 @@ class RegNetParams:
     def __post_init__(self) -> None:
         # Same admissible ranges as torchvision's BlockParams (w_a < 0, w_0 <= 0, w_m <= 1, w_0 % 8) and
         # pycls's asserts, but each failure names its parameter. `not (x > y)` also rejects NaN.
-        if not _is_int(self.depth) or self.depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
-        if not _is_int(self.w_0) or self.w_0 <= 0 or self.w_0 % _QUANT != 0:
-            raise ValueError(f"w_0 must be a positive integer multiple of {_QUANT}, got {self.w_0!r}")
+        if not _is_int(self.depth) or not 1 <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be an integer in [1, {MAX_DEPTH}], got {self.depth!r}")
+        if not _is_int(self.w_0) or not 0 < self.w_0 <= MAX_WIDTH or self.w_0 % _QUANT != 0:
+            raise ValueError(f"w_0 must be a positive integer multiple of {_QUANT} (at most {MAX_WIDTH}), "
+                             f"got {self.w_0!r}")
         if not _is_real(self.w_a) or self.w_a < 0:
             raise ValueError(f"w_a must be a finite number >= 0, got {self.w_a!r}")
         if not _is_real(self.w_m) or not self.w_m > 1:
@@ -186,8 +195,8 @@ class RegNetParams:
             )
         if self.se_ratio is not None and (not _is_real(self.se_ratio) or not 0 < self.se_ratio <= 1):
             raise ValueError(f"se_ratio must be None or a number in (0, 1], got {self.se_ratio!r}")
-        if not _is_int(self.stem_width) or self.stem_width < 1:
-            raise ValueError(f"stem_width must be an integer >= 1, got {self.stem_width!r}")
+        if not _is_int(self.stem_width) or not 1 <= self.stem_width <= MAX_WIDTH:
+            raise ValueError(f"stem_width must be an integer in [1, {MAX_WIDTH}], got {self.stem_width!r}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.rounding == "pycls" and not (
@@ -198,6 +207,18 @@ class RegNetParams:
                 "bottleneck_multiplier must be < 1 or an integer with rounding='pycls', "
                 f"got {self.bottleneck_multiplier!r}"
             )
+        # Values each fine alone that together leave the buildable range, blamed on the parameter that
+        # drives the width there (before any arithmetic can overflow or divide by zero).
+        last = self.w_0 + self.w_a * (self.depth - 1)
+        if last > MAX_WIDTH:
+            raise ValueError(f"w_a={self.w_a!r} is too large: the last block's width w_0 + w_a * (depth - 1) = "
+                             f"{last:.6g} exceeds {MAX_WIDTH} channels")
+        if self.rounding == "torchvision" and not 1 < torch.tensor(float(self.w_m), dtype=torch.float32).item() < math.inf:
+            raise ValueError(f"w_m must be > 1 and finite in float32 (torchvision rounding computes in float32), got "
+                             f"{self.w_m!r}")
+        widths = self.block_widths()
+        if not all(1 <= w <= MAX_WIDTH for w in widths):
+            raise ValueError(f"w_m={self.w_m!r} quantises the block widths to {max(widths)}, outside [1, {MAX_WIDTH}]")
         # Resolve once so that a design point that cannot be built fails here, not at module build.
         self.blocks()
 
@@ -215,7 +236,7 @@ class RegNetParams:
             # under a `torch.device("meta")` context (models are often built that way).
             u = torch.arange(self.depth, device="cpu") * self.w_a + self.w_0
             k = torch.round(torch.log(u / self.w_0) / math.log(self.w_m))
-            w = torch.round(torch.divide(self.w_0 * torch.pow(self.w_m, k), _QUANT)) * _QUANT
+            w = torch.round(torch.divide(self.w_0 * torch.pow(float(self.w_m), k), _QUANT)) * _QUANT
             return w.int().tolist()
         # pycls uses numpy float64 with round-half-even; Python floats and round() are the same.
         widths = []
@@ -230,6 +251,8 @@ class RegNetParams:
         b = self.bottleneck_multiplier
         if self.rounding == "torchvision":
             w_bot = int(width * b)
+            if w_bot < 1:
+                raise ValueError(f"bottleneck_multiplier={b!r} gives a zero bottleneck width for stage width {width}")
             g = min(group_width, w_bot)
             # torchvision's _make_divisible: round half up, never below g, and never more than 10% down.
             v = max(g, int(w_bot + g / 2) // g * g)
@@ -261,10 +284,11 @@ class RegNetParams:
             width, g = self._adjust(width, self.group_width)
             # Same expression as the bottleneck transform of both codebases.
             w_b = round(width * self.bottleneck_multiplier)
-            if width < 1 or w_b < 1 or w_b % g != 0:
+            if width < 1 or w_b < 1 or w_b % g != 0 or width > MAX_WIDTH or w_b > MAX_WIDTH:
                 raise ValueError(
                     f"bottleneck_multiplier={self.bottleneck_multiplier!r} gives a bottleneck width {w_b} that "
-                    f"is not a positive multiple of the group width {g} (stage width {width})"
+                    f"is not a positive multiple of the group width {g} (stage width {width}), or a width "
+                    f"above {MAX_WIDTH}"
                 )
             specs.append(
                 StageSpec(depth=depth, width=width, group_width=g, bottleneck_width=w_b, stride=_STRIDE)

@@ -4,7 +4,9 @@
   so their ``state_dict`` matches torchvision's checkpoints.
 * the pycls model zoo's 24 baselines (``regnetx_200mf`` .. ``regnety_32gf``), with pycls width
   rounding, from pycls's ``configs/dds_baselines/regnet{x,y}/*.yaml`` (``STEM_W`` 32, ``BOT_MUL`` 1.0,
-  ``SE_R`` 0.25 when ``SE_ON``).
+  ``SE_R`` 0.25 when ``SE_ON``). They also answer to pycls's own names (``RegNetX-200MF`` ..
+  ``RegNetY-32GF``) and to timm's (``regnetx_002`` .. ``regnety_320``: timm's configs are pycls's):
+  :data:`ALIASES`, ``list_models(aliases=True)``.
 
 Every constructor builds a :class:`~regnet_kernels.models.regnet.RegNet` (torchvision's module layout,
 randomly initialised; no weights are downloaded) and forwards ``**kwargs`` to it, e.g.
@@ -24,6 +26,7 @@ from .features import DEFAULT_OUT_INDICES, RegNetFeatures
 from .regnet import RegNet, RegNetParams
 
 __all__ = [
+    "ALIASES",
     "MODEL_PARAMS",
     "PUBLISHED",
     "get_model",
@@ -129,21 +132,42 @@ MODEL_PARAMS: dict[str, RegNetParams] = {
 }
 
 
-def list_models() -> list[str]:
-    """Names of every model :func:`get_model` builds, sorted."""
-    return sorted(MODEL_PARAMS)
+def _aliases_of(name: str) -> tuple[str, str]:
+    """pycls's and timm's names of a pycls baseline: ``regnety_1_6gf`` -> ``RegNetY-1.6GF``, ``regnety_016``."""
+    family, size = name.split("_", 1)
+    value, unit = size[:-2].replace("_", "."), size[-2:]
+    timm_code = round(float(value) * (10 if unit == "gf" else 0.01))  # timm: 100s of MF, e.g. 1.6GF -> 016
+    return f"RegNet{family[-1].upper()}-{value}{unit.upper()}", f"{family}_{timm_code:03d}"
+
+
+#: Other spellings of the pycls baselines -> our name: pycls's (``RegNetY-1.6GF``) and timm's
+#: (``regnety_016``); both name the same design point (timm's configs equal pycls's).
+ALIASES: dict[str, str] = {
+    alias: name
+    for name in MODEL_PARAMS
+    if name.startswith(("regnetx_", "regnety_"))
+    for alias in _aliases_of(name)
+}
+
+
+def list_models(aliases: bool = False) -> list[str]:
+    """Names of every model :func:`get_model` builds, sorted; with ``aliases=True`` also every alias
+    (:data:`ALIASES`: pycls's ``RegNetY-1.6GF`` and timm's ``regnety_016`` spellings)."""
+    return sorted(list(MODEL_PARAMS) + (list(ALIASES) if aliases else []))
 
 
 def get_model_params(name: str) -> RegNetParams:
-    """The design point of a named model.
+    """The design point of a named model (our name or an alias from :data:`ALIASES`).
 
     Raises:
         ValueError: for an unknown name; the message lists the known names.
     """
-    try:
-        return MODEL_PARAMS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    if isinstance(name, str):
+        params = MODEL_PARAMS.get(ALIASES.get(name, name))
+        if params is not None:
+            return params
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())} (and their pycls / timm "
+                     f"aliases, e.g. 'RegNetY-1.6GF', 'regnety_016': list_models(aliases=True))")
 
 
 def get_model(
@@ -156,7 +180,7 @@ def get_model(
     """Builds a named model (randomly initialised): the classifier, or its backbone.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models` (aliases included: ``"RegNetY-1.6GF"``, ``"regnety_016"``).
         features_only: return a :class:`~regnet_kernels.models.features.RegNetFeatures` backbone (stem and
             stages, no head) whose forward gives a list of feature maps, for FPN-style heads. Its
             ``state_dict`` names are the classifier's minus ``fc.*``: load ImageNet checkpoints with

@@ -19,6 +19,14 @@ def activation_dtype_check(tensors: Sequence[torch.Tensor]) -> Optional[str]:
     return None
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype ``torch.autocast`` casts to on ``device_type``, or None when autocast is off there or the
+    device type has no autocast at all (``meta``: shape-only tensors, e.g. for complexity counting)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def register_kernel_checks(op: str, cuda_reason: Optional[str] = None) -> None:
     """Register the dtype check for the kernel backends; ``cuda_reason`` marks an op the cuda backend lacks."""
     _backends.register_op_check(op, "triton", activation_dtype_check)

@@ -395,9 +395,8 @@ def conv_bn_act(
     if padding is None:
         padding = weight.shape[-1] // 2 if weight.dim() == 4 else 0
     padding_i = _single(padding, "padding")
-    dev_type = x.device.type
-    if torch.is_autocast_enabled(dev_type):
-        dt = torch.get_autocast_dtype(dev_type)
+    dt = _dispatch.autocast_dtype(x.device.type)
+    if dt is not None:
         if x.is_floating_point() and x.dtype != dt:
             x = x.to(dt)
         if weight.is_floating_point() and weight.dtype != dt:

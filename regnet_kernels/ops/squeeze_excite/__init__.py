@@ -150,10 +150,9 @@ def squeeze_excite(
         ``x * torch.sigmoid(F.conv2d(F.relu(F.conv2d(F.adaptive_avg_pool2d(x, 1), fc1_weight, fc1_bias)),
         fc2_weight, fc2_bias))``
     """
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        dt = torch.get_autocast_dtype(x.device.type)
-        if x.dtype != dt:
-            x = x.to(dt)
+    dt = _dispatch.autocast_dtype(x.device.type) if isinstance(x, torch.Tensor) else None
+    if dt is not None and x.is_floating_point() and x.dtype != dt:
+        x = x.to(dt)
     _check(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     be = _backends.resolve(OP_NAME, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias), backend)
     out, _, _ = _se_op(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, be)
