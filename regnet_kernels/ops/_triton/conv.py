@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to
+from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu
 from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
 
 
@@ -131,7 +131,7 @@ def conv_fwd_kernel(
         r_row = res_ptr + n_idx.to(tl.int64) * srn + ho * srh + wo * srw
         acc += tl.load(r_row[:, None] + offs_n[None, :] * src, mask=mask, other=0.0).to(tl.float32)
     if POST_RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = relu(acc)
     out = cast_to(acc, y_ptr.dtype.element_ty)
     y_row = y_ptr + n_idx.to(tl.int64) * syn + ho * syh + wo * syw
     tl.store(y_row[:, None] + offs_n[None, :] * syc, out, mask=mask)
