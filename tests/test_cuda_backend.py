@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 import test_conv_bn_act as tcba
+import test_edges as tedge
 import test_squeeze_excite as tse
 from _numerics import check, rel_err
 from conftest import HAS_CUDA
@@ -601,6 +602,17 @@ def test_emulated_squeeze_excite_large_and_layouts(emulated_cuda):
 def test_emulated_squeeze_excite_batch_not_multiple_of_block(emulated_cuda):
     """N = 7 samples: the FC kernels handle SE_NB-sample blocks with a partial last block."""
     tse.compare((7, 24, 6, 3, 5), torch.float32, backend="cuda")
+
+
+_CUDA_GROUP_LEAK = pytest.mark.xfail(strict=True, reason="known: the CUDA block-diagonal grouped conv lets a NaN "
+                                     "leak into other groups of the same tile (the Triton conv handles it)")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_CUDA_GROUP_LEAK) if c.id.startswith("cba-grouped-nan")
+                                  else c for c in tedge.CASES], ids=[c.id for c in tedge.CASES])
+def test_emulated_edges(emulated_cuda, case):
+    """The edge table through the cuda backend (blocks: per-op fusion): NaN/Inf, empty batches, refusals."""
+    tedge.test_module_edges(case, "cuda")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ __global__ void bn_act_kernel(const T* __restrict__ y, T* __restrict__ out, cons
   for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     const unsigned int c = (i / ucs) % nc;
     float z = (to_f32(y[i]) - mean[c]) * scale[c] + bias[c];
-    if (relu) z = fmaxf(z, 0.0f);
+    if (relu) z = relu_f(z);
     out[i] = from_f32<T>(z);
   }
 }
@@ -217,10 +217,10 @@ __global__ void __launch_bounds__(RED_THREADS) bn_bwd_reduce_kernel(
     const float v = to_f32(src[off]);
     if (train) {
       const float mu = mean[c];
-      if (relu && !((v - mu) * scale[c] + bias[c] > 0.0f)) g = 0.0f;
+      if (relu) g = relu_grad_f(g, (v - mu) * scale[c] + bias[c]);
       b += g * ((v - mu) * invstd[c]);
-    } else if (relu && !(v > 0.0f)) {
-      g = 0.0f;
+    } else if (relu) {
+      g = relu_grad_f(g, v);
     }
     a += g;
     if (dz_out != nullptr) dz_out[off] = from_f32<T>(g);
@@ -247,7 +247,7 @@ __global__ void bn_bwd_dy_kernel(const T* __restrict__ dout, const T* __restrict
     float g = to_f32(dout[i]);
     const float v = to_f32(y[i]);
     const float mu = mean[c], s = scale[c];
-    if (relu && !((v - mu) * s + bias[c] > 0.0f)) g = 0.0f;
+    if (relu) g = relu_grad_f(g, (v - mu) * s + bias[c]);
     const float xhat = (v - mu) * invstd[c];
     dy[i] = from_f32<T>(s * (g - sum_dz[c] * inv_count - xhat * (sum_dzx[c] * inv_count)));
   }

@@ -52,6 +52,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// torch.relu: 0 where v < 0, else v, so NaN (and -0.0) pass through as in eager; fmaxf(v, 0.0f) returns 0
+// for NaN and would hide a diverging run.
+__device__ __forceinline__ float relu_f(float v) { return v < 0.0f ? 0.0f : v; }
+
+// ReLU backward as eager's threshold_backward(g, z, 0): 0 where z <= 0, else g (a NaN z lets g through).
+__device__ __forceinline__ float relu_grad_f(float g, float z) { return z <= 0.0f ? 0.0f : g; }
+
 __device__ __forceinline__ long long cdiv_ll(long long a, long long b) { return (a + b - 1) / b; }
 
 }  // namespace regnet

@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     if (row_x[r] < 0 || co >= C_out) continue;
     float v = Cs[r * L::LDC + c];
     if (affine) v = (v - post_mean[co]) * post_scale[co] + post_bias[co];
-    if (relu) v = fmaxf(v, 0.0f);
+    if (relu) v = relu_f(v);
     const T t = from_f32<T>(v);
     y[row_y[r] + co * syc] = t;
     Cs[r * L::LDC + c] = to_f32(t);  // statistics of the values as stored (what eager BN reads back)

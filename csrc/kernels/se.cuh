@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_fwd_kernel(const float* __re
       const float wv = w2[c * S + s];
 #pragma unroll
       for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += wv * fmaxf(s1[(n0 + nb) * S + s], 0.0f);
+        if (nb < nb_cnt) acc[nb] += wv * relu_f(s1[(n0 + nb) * S + s]);
     }
 #pragma unroll
     for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_bwd_kernel(
     for (int nb = 0; nb < SE_NB; ++nb) {  // constant indices: acc stays in registers
       if (nb < nb_cnt) {
         const long long o = (n0 + nb) * S + s;
-        ds1[o] = s1[o] > 0.0f ? acc[nb] : 0.0f;
+        ds1[o] = relu_grad_f(acc[nb], s1[o]);
       }
     }
   }
@@ -205,7 +205,7 @@ __global__ void se_outer_kernel(const float* __restrict__ A, const float* __rest
     float acc = 0.0f;
     for (long long n = 0; n < N; ++n) {
       float bv = B != nullptr ? B[n * J + j] : 1.0f;
-      if (relu_b) bv = fmaxf(bv, 0.0f);
+      if (relu_b) bv = relu_f(bv);
       acc += A[n * I + i] * bv;
     }
     out[idx] = acc;

@@ -97,11 +97,13 @@ class FusedBottleneck(nn.Module):
         if training:
             params = (weights[0], bns[0].weight, bns[0].bias, weights[1], bns[1].weight, bns[1].bias, *se,
                       weights[2], bns[2].weight, bns[2].bias, *proj)
+            # the op validates first: a refused call leaves every buffer as it was
+            out, stats = bottleneck_train(x, params, conv_b.stride[0], conv_b.groups, eps, backend)
             for bn in bns:
                 if bn.track_running_stats and bn.num_batches_tracked is not None:
                     bn.num_batches_tracked.add_(1)
-            out, stats = bottleneck_train(x, params, conv_b.stride[0], conv_b.groups, eps, backend)
-            self._update_running_stats(bns, stats.detach(), backend)
+            if out.numel() > 0:  # nn.BatchNorm2d counts an empty batch but keeps its running statistics
+                self._update_running_stats(bns, stats.detach(), backend)
             return out
         if any(bn.running_mean is None or bn.running_var is None for bn in bns):
             return self._fallback(x)

@@ -12,6 +12,22 @@ from regnet_kernels import backends as _backends
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A shape the fused ops refuse where eager PyTorch's conv raises ``RuntimeError``: it is both, so code
+    written against either eager (``except RuntimeError``) or the fused functionals (``except ValueError``)
+    catches it. The message carries eager's wording."""
+
+
+class DtypeError(TypeError, RuntimeError):
+    """Mismatched dtypes, where eager PyTorch's conv raises ``RuntimeError`` (see :class:`ShapeError`)."""
+
+
+def empty_batch(shape) -> bool:
+    """True when an op's input or output holds no element: eager's result is empty too, and the kernel
+    backends are never launched on it (the eager backend computes it, autograd chain included)."""
+    return any(int(s) == 0 for s in shape)
+
+
 def activation_dtype_check(tensors: Sequence[torch.Tensor]) -> Optional[str]:
     """Kernels take fp16 / bf16 / fp32 activations (the first tensor); parameters may be fp32 under AMP."""
     if tensors and tensors[0].dtype not in KERNEL_DTYPES:

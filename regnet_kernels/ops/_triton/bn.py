@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import cast_to
+from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
 from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
 
 
@@ -114,7 +114,7 @@ def bn_act_kernel(
     b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
     z = (y.to(tl.float32) - mu[None, :]) * s[None, :] + b[None, :]
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = relu(z)
     tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + offs_c[None, :] * s_oc,
              cast_to(z, out_ptr.dtype.element_ty), mask=mask)
 
@@ -165,13 +165,13 @@ def bn_bwd_reduce_kernel(
         if RELU:
             s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
             b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-            g = tl.where((v - mu[None, :]) * s[None, :] + b[None, :] > 0.0, g, 0.0)
+            g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
         xhat = (v - mu[None, :]) * rs[None, :]
         g = tl.where(mask, g, 0.0)
         tl.store(part_dzx_ptr + pid_m * C + offs_c, tl.sum(g * xhat, axis=0), mask=c_ok)
     else:
         if RELU:
-            g = tl.where(v > 0.0, g, 0.0)
+            g = relu_grad(g, v)
         g = tl.where(mask, g, 0.0)
     tl.store(part_dz_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=c_ok)
     if WRITE_DZ:
@@ -200,7 +200,7 @@ def bn_bwd_dy_kernel(
     rs = tl.load(invstd_ptr + offs_c, mask=c_ok, other=0.0)
     if RELU:
         b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-        g = tl.where((v - mu[None, :]) * s[None, :] + b[None, :] > 0.0, g, 0.0)
+        g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
     a = tl.load(sum_dz_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     b = tl.load(sum_dzx_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     xhat = (v - mu[None, :]) * rs[None, :]

@@ -26,6 +26,20 @@ def cast_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def relu(x):
+    """``torch.relu``: 0 where ``x < 0``, else ``x``, so NaN (and -0.0) pass through as in eager.
+    ``tl.maximum(x, 0.0)`` would turn NaN into 0 and hide a diverging run."""
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def relu_grad(g, z):
+    """ReLU backward as eager's ``threshold_backward(g, z, 0)``: 0 where ``z <= 0``, else ``g`` (NaN ``z``
+    lets ``g`` through)."""
+    return tl.where(z <= 0.0, 0.0, g)
+
+
+@triton.jit
 def bn_relu_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, AFFINE: tl.constexpr, RELU: tl.constexpr):
     """``relu((v - mean[c]) * scale[c] + bias[c])`` on an fp32 (rows x channels) tile, each part optional:
     a previous BatchNorm + ReLU applied as its output is loaded, so it is never written."""
@@ -35,5 +49,5 @@ def bn_relu_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, AFFINE: tl.constexpr
         b = tl.load(bias_ptr + c, mask=c_ok, other=0.0)
         v = (v - m[None, :]) * s[None, :] + b[None, :]
     if RELU:
-        v = tl.maximum(v, 0.0)
+        v = relu(v)
     return v

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to
+from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu
 from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
 
 
@@ -41,6 +41,38 @@ def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pr
         g = tl.load(gate_ptr + n_idx[:, None] * C_IN + ci[None, :], mask=a_mask, other=0.0)
         af = af * g
     return tl.where(a_mask, af, 0.0)
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
+    if DOT_F32:
+        if IEEE:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _block_diag_dot(a, b, acc, k_grp, n_grp, g_lo, g_hi, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
+    # acc += a @ b with b block-diagonal over groups (zero where the k and n groups differ). A NaN or Inf
+    # in ``a`` times such a zero is NaN and would leak into another group's outputs, which eager's grouped
+    # conv never sees; so when the tile spans several groups and ``a`` holds a non-finite value (only on
+    # non-finite inputs), the product is taken group by group.
+    if g_hi > g_lo:
+        n_bad = tl.sum(tl.sum(tl.where(tl.abs(a.to(tl.float32)) < float("inf"), 0, 1), axis=1), axis=0)
+        if n_bad > 0:
+            for g in range(g_lo, g_hi + 1):
+                a_g = tl.where((k_grp == g)[None, :], a, tl.zeros_like(a))
+                part = _mma(a_g, b, tl.zeros_like(acc), DOT_F32, IEEE)
+                acc += tl.where((n_grp == g)[None, :], part, 0.0)
+        else:
+            acc = _mma(a, b, acc, DOT_F32, IEEE)
+    else:
+        acc = _mma(a, b, acc, DOT_F32, IEEE)
+    return acc
 
 
 @triton.jit
@@ -110,13 +142,7 @@ def conv_fwd_kernel(
                 b_mask = ci_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
                 b = tl.load(w_ptr + offs_n[None, :] * swo + ci_l * swi + kh * swh + kw * sww,
                             mask=b_mask, other=0.0)
-                if DOT_F32:
-                    if IEEE:
-                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-                else:
-                    acc = tl.dot(a, b, acc)
+                acc = _block_diag_dot(a, b, acc, ci // CIN_G, g_of_n, g_lo, g_hi, DOT_F32, IEEE)
 
     if POST_BN:
         rm = tl.load(bn_rm_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
@@ -131,7 +157,7 @@ def conv_fwd_kernel(
         r_row = res_ptr + n_idx.to(tl.int64) * srn + ho * srh + wo * srw
         acc += tl.load(r_row[:, None] + offs_n[None, :] * src, mask=mask, other=0.0).to(tl.float32)
     if POST_RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = relu(acc)
     out = cast_to(acc, y_ptr.dtype.element_ty)
     y_row = y_ptr + n_idx.to(tl.int64) * syn + ho * syh + wo * syw
     tl.store(y_row[:, None] + offs_n[None, :] * syc, out, mask=mask)
@@ -209,13 +235,7 @@ def conv_dgrad_kernel(
                 ci_l = offs_n[None, :] - (co[:, None] // COUT_G) * CIN_G
                 b_mask = co_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
                 b = tl.load(w_ptr + co[:, None] * swo + ci_l * swi + kh * swh + kw * sww, mask=b_mask, other=0.0)
-                if DOT_F32:
-                    if IEEE:
-                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                    else:
-                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-                else:
-                    acc = tl.dot(a, b, acc)
+                acc = _block_diag_dot(a, b, acc, co // COUT_G, offs_n // CIN_G, g_lo, g_hi, DOT_F32, IEEE)
 
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_ACC:  # add another gradient flowing into the same tensor (e.g. the shortcut branch)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to
+from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu, relu_grad
 from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
 from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
 
@@ -87,7 +87,7 @@ def se_fc_fwd_kernel(
             s = s0 + tl.arange(0, BLOCK_S)
             s_ok = s < S
             h = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-            h = tl.maximum(h, 0.0)
+            h = relu(h)
             w = tl.load(w2_ptr + c[None, :] * S + s[:, None], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
             acc = tl.dot(h, w.to(tl.float32), acc, input_precision="ieee")
         if HAS_B2:
@@ -127,7 +127,7 @@ def se_fc_bwd_kernel(
             w = tl.load(w2_ptr + c[:, None] * S + s[None, :], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
             acc = tl.dot(d2, w.to(tl.float32), acc, input_precision="ieee")
         s1 = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-        tl.store(ds1_ptr + rows[:, None] * S + s[None, :], tl.where(s1 > 0.0, acc, 0.0),
+        tl.store(ds1_ptr + rows[:, None] * S + s[None, :], relu_grad(acc, s1),
                  mask=r_ok[:, None] & s_ok[None, :])
     tl.debug_barrier()
     for c0 in range(0, C, BLOCK_C):

@@ -18,7 +18,9 @@ from typing import List, Optional, Tuple
 import torch
 
 from regnet_kernels.ops import _dispatch
+from regnet_kernels.ops.conv_bn_act import check_conv_bn
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
+from regnet_kernels.ops.squeeze_excite import check_se
 
 __all__ = ["OP_NAME", "PARAM_NAMES", "bottleneck_train", "bottleneck_eval"]
 
@@ -37,6 +39,33 @@ def _shapes(x, wa, wb, wc, stride):
     Ho = (H + 2 * (wb.shape[-1] // 2) - wb.shape[-1]) // stride + 1
     Wo = (W + 2 * (wb.shape[-1] // 2) - wb.shape[-1]) // stride + 1
     return (N, wa.shape[0], H, W), (N, wb.shape[0], Ho, Wo), (N, wc.shape[0], Ho, Wo)
+
+
+def _check(x, params, stride: int, groups: int, *, training: bool, running=None) -> None:
+    """Everything the per-op path checks, once, for every piece of the block on the shape it will see (the
+    kernels trust their inputs). ``running``: per BatchNorm (a, b, c, projection) its
+    ``(running_mean, running_var)`` in eval."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"bottleneck: x must be a tensor, got {type(x).__name__}")
+    wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
+    run = [(("running_mean", rm), ("running_var", rv)) if rm is not None else () for rm, rv in running or ()]
+    run += [()] * (4 - len(run))
+    shape, dt, dev = tuple(x.shape), x.dtype, x.device
+
+    def conv(name, in_shape, w, g, b, stride_, groups_, i):
+        pad = w.shape[-1] // 2 if isinstance(w, torch.Tensor) and w.dim() == 4 else 0
+        return check_conv_bn(in_shape, dt, dev, w, g, b, stride_, pad, groups_, training=training, running=run[i],
+                             who=f"bottleneck {name}")
+
+    sa = conv("conv a", shape, wa, ga, ba, 1, 1, 0)
+    sb = conv("conv b", sa, wb, gb, bb, stride, groups, 1)
+    if w1 is not None:
+        check_se(sb, dt, dev, w1, b1, w2, b2, who="bottleneck se")
+    sc = conv("conv c", sb, wc, gc, bc, 1, 1, 2)
+    short = conv("projection", shape, wp, gp, bp, stride, 1, 3) if wp is not None else shape
+    if short != sc:
+        raise _dispatch.ShapeError(f"bottleneck: the shortcut gives {short} but the residual branch {sc}: The size "
+                                   f"of tensor a must match the size of tensor b")
 
 
 @torch.library.custom_op("regnet_kernels::bottleneck_train", mutates_args=())
@@ -132,7 +161,7 @@ def _backward(ctx, grad_out, *_unused):
     if grad_out is None or not any(mask):
         return (None,) * 21
     grads = _train_bwd_op(grad_out, *tensors, *rest, stride, groups, eps, mask, backend)
-    return tuple(g if (m and g.numel() > 0) else None for g, m in zip(grads, mask)) + (None,) * 4
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 4  # (empty when the batch is)
 
 
 _train_op.register_autograd(_backward, setup_context=_setup_context)
@@ -168,12 +197,24 @@ def bottleneck_train(x, params, stride: int, groups: int, eps, backend: str):
     """Training forward of a fused bottleneck; ``params`` in :data:`PARAM_NAMES` order.
 
     Returns ``(out, stats)`` where ``stats`` packs ``(mean, invstd, var_unbiased)`` per BatchNorm (a, b, c,
-    then projection) for the running-statistics update.
+    then projection) for the running-statistics update; ``stats`` is meaningless (NaN) for an empty batch,
+    whose running statistics ``nn.BatchNorm2d`` leaves alone (``out.numel() == 0`` tells the caller).
+
+    Raises what eager PyTorch raises on the same block (see :func:`regnet_kernels.ops.conv_bn_act.check_conv_bn`).
     """
+    _check(x, params, stride, groups, training=True)
+    if _dispatch.empty_batch(x.shape):
+        backend = "eager"  # eager's empty output and zero gradients; no kernel sees an empty tensor
     out, *_, stats = _train_op(x, *params, int(stride), int(groups), [float(e) for e in eps], backend)
     return out, stats
 
 
 def bottleneck_eval(x, params_with_running, stride: int, groups: int, eps, backend: str) -> torch.Tensor:
-    """Inference forward of a fused bottleneck (running statistics)."""
+    """Inference forward of a fused bottleneck (running statistics); raises what eager raises."""
+    p = params_with_running
+    params = p[0:3] + p[5:8] + p[10:17] + p[19:22]
+    running = [p[3:5], p[8:10], p[17:19], p[22:24]]
+    _check(x, params, stride, groups, training=False, running=running)
+    if _dispatch.empty_batch(x.shape):
+        backend = "eager"
     return _eval_op(x, *params_with_running, int(stride), int(groups), [float(e) for e in eps], backend)

@@ -77,7 +77,7 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, e
     h = se.squeeze_excite(act_b, w1, b1, w2, b2)[0] if has_se else act_b
     out_c = _act(yc, st["c"], gc, bc, False)
     short = _act(yp, st["p"], gp, bp, False) if has_proj else x
-    g = torch.where(out_c + short > 0, grad_out, torch.zeros_like(grad_out))
+    g = cba.relu_grad(grad_out, out_c + short)
 
     dh, dwc, dgc, dbc = cba.conv_bn_act_train_backward(g, h, wc, yc, st["c"][0], st["c"][1], gc, bc, 1, 0, 1,
                                                        False, all4)

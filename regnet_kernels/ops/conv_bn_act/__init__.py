@@ -50,48 +50,70 @@ def _check(x, weight, gamma, beta, stride, padding, groups, *, training: bool, r
     """Raise an error naming the problem for inputs no backend may run."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("conv_bn_act: x and weight must be tensors")
-    if x.dim() != 4:
-        raise ValueError(f"conv_bn_act: expected a 4-D input (N, C, H, W), got a {x.dim()}-D tensor of shape "
-                         f"{tuple(x.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"conv_bn_act: expected a 4-D weight (C_out, C_in/groups, kH, kW), got shape "
-                         f"{tuple(weight.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"conv_bn_act: input dtype must be floating point (float16, bfloat16, float32, float64), "
-                        f"got {x.dtype}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"conv_bn_act: input and weight dtypes differ ({x.dtype} vs {weight.dtype}); cast one, or "
-                        f"run under torch.autocast")
-    if groups < 1 or x.shape[1] % groups or weight.shape[0] % groups:
-        raise ValueError(f"conv_bn_act: groups={groups} must divide both input channels ({x.shape[1]}) and output "
-                         f"channels ({weight.shape[0]})")
-    if weight.shape[1] * groups != x.shape[1]:
-        raise ValueError(f"conv_bn_act: input has {x.shape[1]} channels but the weight expects "
-                         f"{weight.shape[1] * groups} (weight.shape[1]={weight.shape[1]} x groups={groups})")
+    check_conv_bn(tuple(x.shape), x.dtype, x.device, weight, gamma, beta, stride, padding, groups, training=training,
+                  running=running)
+
+
+def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, groups, *, training: bool, running=(),
+                  who: str = "conv_bn_act") -> tuple:
+    """Validate a conv -> BatchNorm on an input of ``shape`` / ``dtype`` / ``device``; returns the output shape.
+
+    Shared by the per-op functional and the whole-block ops (each conv of a block, on the shape it would
+    see). Where eager PyTorch raises, the error has eager's type (:class:`ShapeError` is both the
+    ``ValueError`` these checks always raised and eager's ``RuntimeError``) and eager's wording.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4:
+        raise ValueError(f"{who}: expected 4D input (got {len(shape)}D input): the fused op takes a 4-D input "
+                         f"(N, C, H, W), got shape {shape}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"{who}: expected a 4-D weight (C_out, C_in/groups, kH, kW), got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{who}: input dtype must be floating point (float16, bfloat16, float32, float64), "
+                        f"got {dtype}")
+    if weight.dtype != dtype:
+        raise _dispatch.DtypeError(f"{who}: input and weight dtypes differ ({dtype} vs {weight.dtype}); cast one, "
+                                   f"or run under torch.autocast")
+    C, w_shape = weight.shape[0], tuple(weight.shape)
+    if C == 0:
+        raise _dispatch.ShapeError(f"{who}: expected weight to be at least 1 at dimension 0, but got weight of "
+                                   f"size {list(w_shape)} instead")
+    if groups < 1 or shape[1] % groups or C % groups:
+        raise _dispatch.ShapeError(f"{who}: groups={groups} must divide both input channels ({shape[1]}) and "
+                                   f"output channels ({C})")
+    if weight.shape[1] * groups != shape[1]:
+        raise _dispatch.ShapeError(
+            f"{who}: input has {shape[1]} channels but the weight expects {weight.shape[1] * groups} "
+            f"(weight.shape[1]={weight.shape[1]} x groups={groups}): expected input{list(shape)} to have "
+            f"{weight.shape[1] * groups} channels, but got {shape[1]} channels instead")
     if stride < 1 or padding < 0:
-        raise ValueError(f"conv_bn_act: stride must be >= 1 and padding >= 0, got stride={stride}, "
-                         f"padding={padding}")
-    C = weight.shape[0]
+        raise ValueError(f"{who}: stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
     for name, t in (("bn weight", gamma), ("bn bias", beta)) + tuple(running):
         if t is None:
             continue
         if t.shape != (C,):
-            raise ValueError(f"conv_bn_act: {name} must have shape ({C},) for {C} output channels, got "
-                             f"{tuple(t.shape)}")
+            raise _dispatch.ShapeError(f"{who}: {name} must have shape ({C},) for {C} output channels, got "
+                                       f"{tuple(t.shape)}")
         if not t.is_floating_point():
-            raise TypeError(f"conv_bn_act: {name} must be floating point, got {t.dtype}")
-    devices = {t.device for t in (x, weight, gamma, beta) + tuple(r for _, r in running) if t is not None}
+            raise TypeError(f"{who}: {name} must be floating point, got {t.dtype}")
+    devices = {device} | {t.device for t in (weight, gamma, beta) + tuple(r for _, r in running) if t is not None}
     if len(devices) > 1:
-        raise RuntimeError("conv_bn_act: all tensors must be on the same device, got "
+        raise RuntimeError(f"{who}: all tensors must be on the same device, got "
                            + ", ".join(sorted(str(d) for d in devices)))
     KH, KW = weight.shape[2], weight.shape[3]
-    HO, WO = _out_hw(x.shape[2], KH, stride, padding), _out_hw(x.shape[3], KW, stride, padding)
+    HO, WO = _out_hw(shape[2], KH, stride, padding), _out_hw(shape[3], KW, stride, padding)
     if HO < 1 or WO < 1:
-        raise ValueError(f"conv_bn_act: input {tuple(x.shape[2:])} is too small for a {KH}x{KW} kernel with "
-                         f"padding {padding}")
-    if training and x.shape[0] * HO * WO <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got output size "
-                         f"{(x.shape[0], C, HO, WO)}")
+        raise _dispatch.ShapeError(
+            f"{who}: input {shape[2:]} is too small for a {KH}x{KW} kernel with padding {padding}: Calculated "
+            f"padded input size per channel: ({shape[2] + 2 * padding} x {shape[3] + 2 * padding}). Kernel size: "
+            f"({KH} x {KW}). Kernel size can't be greater than actual input size")
+    out_shape = (shape[0], C, HO, WO)
+    # nn.BatchNorm2d's rule: exactly one value per channel is refused; none (an empty batch) is not
+    if training and shape[0] * HO * WO == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size(out_shape)}")
+    return out_shape
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,7 +212,8 @@ def _train_setup_context(ctx, inputs, output):
 
 
 def _unfill(t: torch.Tensor, wanted: bool):
-    return t if wanted and t.numel() > 0 else None
+    # (wanted gradients are always computed: an empty one is the gradient of an empty batch, not absent)
+    return t if wanted else None
 
 
 def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
@@ -383,6 +406,13 @@ def conv_bn_act(
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in ``x``'s dtype (the autocast dtype under autocast) and memory format.
+        An empty batch gives an empty output (computed by the eager backend) and, in training, leaves the
+        running statistics untouched while counting the batch, as ``nn.BatchNorm2d`` does.
+
+    Raises:
+        ValueError / TypeError / RuntimeError: as eager PyTorch would (wrong channels, a kernel larger than
+        the padded input, one value per channel in training, mismatched dtypes or devices), with eager's
+        wording; see :class:`regnet_kernels.ops._dispatch.ShapeError`.
 
     Equivalent PyTorch:
         ``relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, 1, groups), running_mean,
@@ -412,6 +442,9 @@ def conv_bn_act(
     _check(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups, training=training,
            running=(("running_mean", running_mean), ("running_var", running_var)))
     be = _backends.resolve(OP_NAME, (x, weight, bn_weight, bn_bias, running_mean, running_var), backend)
+    empty = _dispatch.empty_batch(x.shape)
+    if empty:
+        be = "eager"
 
     if not training:
         return _eval_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride_i, padding_i, groups,
@@ -422,6 +455,8 @@ def conv_bn_act(
     if running_mean is not None:
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
+        if empty:  # nn.BatchNorm2d counts an empty batch but leaves the running statistics alone
+            return out
         _update_op(running_mean, running_var, num_batches_tracked if cumulative else None, mean.detach(),
                    var_unb.detach(), 0.0 if cumulative else float(momentum), cumulative, be)
     return out

@@ -38,6 +38,11 @@ def _bn_apply(yf, mean, scale, beta):
     return z if beta is None else z + _bcast(beta.to(z.dtype))
 
 
+def relu_grad(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """ReLU backward as eager's ``threshold_backward``: 0 where ``z <= 0``, else ``g`` (NaN passes ``g``)."""
+    return torch.where(z <= 0, torch.zeros_like(g), g)
+
+
 def _bcast(v: torch.Tensor) -> torch.Tensor:
     return v[None, :, None, None]
 
@@ -63,8 +68,11 @@ def conv_bn_act_train(
     fmt = out_memory_format(x)
     y = F.conv2d(x, weight, None, stride, padding, 1, groups).contiguous(memory_format=fmt)
     yf = y.to(_acc_dtype(y.dtype))
-    var, mean = torch.var_mean(yf, dim=(0, 2, 3), unbiased=False)
     count = y.numel() // y.shape[1]
+    if count == 0:  # an empty batch has no statistics (the caller leaves the running estimates alone)
+        var = mean = torch.full((y.shape[1],), float("nan"), dtype=yf.dtype, device=y.device)
+    else:
+        var, mean = torch.var_mean(yf, dim=(0, 2, 3), unbiased=False)
     if group is not None:
         mean, var, var_unb, _ = _dist.sync_batch_stats(count, mean, var * count, group)
     else:
@@ -98,7 +106,7 @@ def conv_bn_act_train_backward(
     g = grad_out.to(yf.dtype)
     scale = _scale(gamma, invstd)
     if relu:
-        g = torch.where(_bn_apply(yf, mean, scale, beta) > 0, g, torch.zeros_like(g))
+        g = relu_grad(g, _bn_apply(yf, mean, scale, beta))
     xhat = (yf - _bcast(mean)) * _bcast(invstd)
     sum_dz = g.sum(dim=(0, 2, 3))
     sum_dzx = (g * xhat).sum(dim=(0, 2, 3))
@@ -175,7 +183,7 @@ def conv_bn_act_eval_backward(
     acc = _acc_dtype(x.dtype)
     g = grad_out.to(acc)
     if relu:
-        g = torch.where(out > 0, g, torch.zeros_like(g))
+        g = relu_grad(g, out)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
     scale = _scale(gamma, invstd)
     sum_dz = g.sum(dim=(0, 2, 3))

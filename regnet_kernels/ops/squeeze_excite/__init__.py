@@ -26,30 +26,37 @@ def _impl(backend: str, tensors):
 def _check(x, w1, b1, w2, b2) -> None:
     if not all(isinstance(t, torch.Tensor) for t in (x, w1, w2)):
         raise TypeError("squeeze_excite: x, w1 and w2 must be tensors")
-    if x.dim() != 4:
-        raise ValueError(f"squeeze_excite: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"squeeze_excite: input dtype must be floating point, got {x.dtype}")
-    C = x.shape[1]
-    if x.shape[2] * x.shape[3] == 0:
-        raise ValueError("squeeze_excite: empty spatial size")
+    check_se(tuple(x.shape), x.dtype, x.device, w1, b1, w2, b2)
+
+
+def check_se(shape, dtype, device, w1, b1, w2, b2, who: str = "squeeze_excite") -> None:
+    """Validate squeeze-excitation on an input of ``shape`` / ``dtype`` / ``device`` (the functional's input,
+    or inside a whole block the shape conv b produces). An empty input is valid: eager returns it empty."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4:
+        raise ValueError(f"{who}: expected a 4-D input (N, C, H, W), got shape {shape}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{who}: input dtype must be floating point, got {dtype}")
+    C = shape[1]
     if w1.dim() not in (2, 4) or (w1.dim() == 4 and tuple(w1.shape[2:]) != (1, 1)):
-        raise ValueError(f"squeeze_excite: fc1 weight must be (S, C) or (S, C, 1, 1), got {tuple(w1.shape)}")
+        raise ValueError(f"{who}: fc1 weight must be (S, C) or (S, C, 1, 1), got {tuple(w1.shape)}")
     S = w1.shape[0]
     if w1.shape[1] != C:
-        raise ValueError(f"squeeze_excite: input has {C} channels but fc1 expects {w1.shape[1]}")
+        raise _dispatch.ShapeError(f"{who}: input has {C} channels but fc1 expects {w1.shape[1]}: expected "
+                                   f"input[{shape[0]}, {C}, 1, 1] to have {w1.shape[1]} channels, but got {C} "
+                                   f"channels instead")
     if tuple(w2.shape[:2]) != (C, S) or (w2.dim() == 4 and tuple(w2.shape[2:]) != (1, 1)) or w2.dim() not in (2, 4):
-        raise ValueError(f"squeeze_excite: fc2 weight must be ({C}, {S}[, 1, 1]), got {tuple(w2.shape)}")
+        raise _dispatch.ShapeError(f"{who}: fc2 weight must be ({C}, {S}[, 1, 1]), got {tuple(w2.shape)}")
     if b1 is not None and tuple(b1.shape) != (S,):
-        raise ValueError(f"squeeze_excite: fc1 bias must have shape ({S},), got {tuple(b1.shape)}")
+        raise _dispatch.ShapeError(f"{who}: fc1 bias must have shape ({S},), got {tuple(b1.shape)}")
     if b2 is not None and tuple(b2.shape) != (C,):
-        raise ValueError(f"squeeze_excite: fc2 bias must have shape ({C},), got {tuple(b2.shape)}")
+        raise _dispatch.ShapeError(f"{who}: fc2 bias must have shape ({C},), got {tuple(b2.shape)}")
     for name, t in (("fc1 weight", w1), ("fc1 bias", b1), ("fc2 weight", w2), ("fc2 bias", b2)):
         if t is not None and not t.is_floating_point():
-            raise TypeError(f"squeeze_excite: {name} must be floating point, got {t.dtype}")
-    devices = {t.device for t in (x, w1, b1, w2, b2) if t is not None}
+            raise TypeError(f"{who}: {name} must be floating point, got {t.dtype}")
+    devices = {device} | {t.device for t in (w1, b1, w2, b2) if t is not None}
     if len(devices) > 1:
-        raise RuntimeError("squeeze_excite: all tensors must be on the same device, got "
+        raise RuntimeError(f"{who}: all tensors must be on the same device, got "
                            + ", ".join(sorted(str(d) for d in devices)))
 
 
@@ -118,7 +125,7 @@ def _backward(ctx, grad_out, _gp, _gg):
     if grad_out is None or not any(mask):
         return (None,) * 6
     grads = _se_bwd_op(grad_out, x, w1, b1, w2, b2, pooled, gate, mask, ctx.backend)
-    return tuple(g if (m and g.numel() > 0) else None for g, m in zip(grads, mask)) + (None,)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,)  # (empty when the batch is)
 
 
 _se_op.register_autograd(_backward, setup_context=_setup_context)
@@ -155,5 +162,7 @@ def squeeze_excite(
         x = x.to(dt)
     _check(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     be = _backends.resolve(OP_NAME, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias), backend)
+    if _dispatch.empty_batch(x.shape):  # eager's empty result (H * W = 0 too: a NaN gate times nothing)
+        be = "eager"
     out, _, _ = _se_op(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, be)
     return out

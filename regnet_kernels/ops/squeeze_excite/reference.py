@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from regnet_kernels.ops.conv_bn_act.reference import _acc_dtype, out_memory_format
+from regnet_kernels.ops.conv_bn_act.reference import _acc_dtype, out_memory_format, relu_grad
 
 
 def _flat(w: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -46,7 +46,7 @@ def squeeze_excite_backward(grad_out, x, w1, b1, w2, b2, pooled, gate, output_ma
     s1 = _fc1(pooled, w1, b1)
     h = torch.relu(s1)
     dh = ds2 @ _flat(w2, acc)
-    ds1 = torch.where(s1 > 0, dh, torch.zeros_like(dh))
+    ds1 = relu_grad(dh, s1)
     dpooled = ds1 @ _flat(w1, acc)
     hw = x.shape[2] * x.shape[3]
     dx = (g * gate[:, :, None, None] + (dpooled / hw)[:, :, None, None]).to(x.dtype)
