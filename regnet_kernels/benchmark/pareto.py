@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from regnet_kernels.benchmark.common import device_slug, mib, positive_float, int_at_least
+from regnet_kernels.benchmark.common import device_slug, int_at_least, mib, positive_float
 from regnet_kernels.benchmark.sweep_records import (
     SWEEP_PROVIDERS, add_common_arguments, env_common, load_sweep, measurement_groups, published_accuracy,
     published_gmacs, resolve_device,
