@@ -16,9 +16,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from regnet_kernels.backends import BackendUnavailableError
     from regnet_kernels.selfcheck import run_selfcheck
 
-    return run_selfcheck(backend=args.backend, verbose=True)
+    try:
+        return run_selfcheck(backend=args.backend, verbose=True)
+    except BackendUnavailableError as e:  # asked for a backend this machine cannot run: a user error
+        reason = str(e).splitlines()[0]
+        raise SystemExit(f"check: {reason} (`python -m regnet_kernels info` lists every backend and why)") from None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -28,13 +33,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from regnet_kernels.sweep import sweep_main
+    from regnet_kernels.benchmark.sweep import sweep_main
 
     return sweep_main(args)
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
-    from regnet_kernels.sweep import pick_main
+    from regnet_kernels.benchmark.pareto import pick_main
 
     return pick_main(args)
 
@@ -57,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
 
-    from regnet_kernels.sweep import add_pick_arguments, add_sweep_arguments
+    from regnet_kernels.benchmark.pareto import add_pick_arguments
+    from regnet_kernels.benchmark.sweep import add_sweep_arguments
 
     sweep = sub.add_parser("sweep", help="time every zoo variant here; JSON + accuracy/latency Pareto chart")
     add_sweep_arguments(sweep)
@@ -69,8 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse errors as one line (no usage block), for ``parser`` and its subcommands."""
+
+    def error(message: str, prog: str = parser.prog) -> None:
+        sys.stderr.write(f"{prog}: error: {message} (see {prog} --help)\n")
+        sys.exit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_line_errors(sub)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a subcommand; user errors exit non-zero with a one-line message, never a traceback."""
+    parser = build_parser()
+    _one_line_errors(parser)
+    args = parser.parse_args(argv)
+    from regnet_kernels import backends
+
+    try:  # a bad REGNET_KERNELS_BACKEND would otherwise surface as a traceback deep inside an op
+        backends.requested()
+    except ValueError as e:
+        print(f"python -m regnet_kernels {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return int(args.func(args) or 0)
 
 

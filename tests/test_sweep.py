@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from regnet_kernels import cli, sweep
+from regnet_kernels import cli
+from regnet_kernels.benchmark import pareto, sweep
+from regnet_kernels.benchmark import sweep_records as records
 from regnet_kernels.models import PUBLISHED, complexity
 
 
@@ -35,16 +37,16 @@ def quick(tmp_path_factory):
 
 def test_quick_sweep_writes_json_and_chart(quick):
     path, doc, stdout = quick
-    assert doc["schema"] == sweep.SCHEMA
-    models = sweep.variants("both", quick=True)
+    assert doc["schema"] == records.SCHEMA
+    models = records.variants("both", quick=True)
     assert len(models) == 3
     recs = doc["records"]
-    providers = sweep.DEFAULT_PROVIDERS
+    providers = records.DEFAULT_PROVIDERS
     # one record per (variant, batch, dtype, provider), run or not
     assert {(r["model"], r["batch"], r["provider"]) for r in recs} == {(m, 1, p) for m in models for p in providers}
     cuda = torch.cuda.is_available()
     for r in recs:
-        missing = [f for f in sweep.RECORD_FIELDS if f not in r]
+        missing = [f for f in records.RECORD_FIELDS if f not in r]
         assert not missing, (r["model"], r["provider"], missing)
         assert r["kind"] == "measurement" and r["device"] == doc["device"] and r["torch"] == torch.__version__
         assert r["top1"] == PUBLISHED[r["model"]]["top1"] and r["top1_source"]
@@ -78,23 +80,23 @@ def test_resume_measures_nothing_twice(quick, tmp_path):
     assert rc == 0 and "9 measurement(s) already in the JSON are kept, 0 to go" in stdout
     again = json.loads(full.read_text())
     assert len(again["records"]) == len(doc["records"])
-    ms = {sweep._key(r): r["ms_median"] for r in doc["records"]}
-    assert all(ms[sweep._key(r)] == r["ms_median"] for r in again["records"])
+    ms = {records.record_key(r): r["ms_median"] for r in doc["records"]}
+    assert all(ms[records.record_key(r)] == r["ms_median"] for r in again["records"])
 
     # a partial sweep (interrupted after two variants): only the third is measured
-    last = sweep.variants("both", quick=True)[-1]
+    last = records.variants("both", quick=True)[-1]
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({**doc, "records": [r for r in doc["records"] if r["model"] != last]}))
     rc, stdout, _ = _cli(["sweep", "--quick", "--resume", str(partial), "--no-plot"])
     assert rc == 0 and "6 measurement(s) already in the JSON are kept, 3 to go" in stdout
     resumed = json.loads(partial.read_text())
-    assert {r["model"] for r in resumed["records"]} == set(sweep.variants("both", quick=True))
+    assert {r["model"] for r in resumed["records"]} == set(records.variants("both", quick=True))
     kept = [r for r in resumed["records"] if r["model"] != last]
-    assert all(ms[sweep._key(r)] == r["ms_median"] for r in kept)
+    assert all(ms[records.record_key(r)] == r["ms_median"] for r in kept)
 
 
 def test_pick_measures_on_cpu_most_accurate_first(tmp_path):
-    models = sweep.variants("both", quick=True)
+    models = records.variants("both", quick=True)
     most_accurate = max(models, key=lambda m: PUBLISHED[m]["top1"])
     rc, stdout, _ = _cli(["pick", "--latency-ms", "100000", "--batch", "1", "--quick", "--out", str(tmp_path)])
     assert rc == 0, stdout
@@ -134,29 +136,29 @@ SYNTH = [
 
 
 def test_choose_most_accurate_within_budget_with_fastest_provider():
-    c = sweep.choose(SYNTH, latency_ms=2.0, batch=1)
+    c = pareto.choose(SYNTH, latency_ms=2.0, batch=1)
     assert (c.record["model"], c.record["provider"]) == ("mid", "auto")
     # every more accurate variant is listed with why it does not fit, most accurate first
     assert [m for _, m, _ in c.excluded] == ["oomer", "huge", "big"]
     assert "oom" in c.excluded[0][2] and "2.2 ms (auto) > 2 ms" in c.excluded[2][2]
     # a memory budget picks the fastest provider that fits it, or moves on to a smaller variant
-    c = sweep.choose(SYNTH, latency_ms=2.0, batch=1, memory_mb=250)
+    c = pareto.choose(SYNTH, latency_ms=2.0, batch=1, memory_mb=250)
     assert (c.record["model"], c.record["provider"]) == ("mid", "compile")
-    c = sweep.choose(SYNTH, latency_ms=2.0, batch=1, memory_mb=150)
+    c = pareto.choose(SYNTH, latency_ms=2.0, batch=1, memory_mb=150)
     assert c.record["model"] == "small" and "MiB" in c.excluded[-1][2]
     # a variant without a published top-1 is never picked, however fast
-    assert sweep.choose(SYNTH, latency_ms=0.6, batch=1).record is None
-    c = sweep.choose(SYNTH, latency_ms=0.01, batch=1)
+    assert pareto.choose(SYNTH, latency_ms=0.6, batch=1).record is None
+    c = pareto.choose(SYNTH, latency_ms=0.01, batch=1)
     assert c.record is None and c.fastest["model"] == "nolabel"
     with pytest.raises(SystemExit, match="no measurement at batch 8"):
-        sweep.choose(SYNTH, latency_ms=2.0, batch=8)
+        pareto.choose(SYNTH, latency_ms=2.0, batch=8)
     with pytest.raises(SystemExit, match="several dtypes"):
-        sweep.choose(SYNTH + [_rec("x", "auto", 1.0, 70.0, dtype="fp16")], latency_ms=2.0, batch=1)
+        pareto.choose(SYNTH + [_rec("x", "auto", 1.0, 70.0, dtype="fp16")], latency_ms=2.0, batch=1)
 
 
 def _synthetic_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "synthetic.json"
-    path.write_text(json.dumps({"schema": sweep.SCHEMA, "records": SYNTH}))
+    path.write_text(json.dumps({"schema": records.SCHEMA, "records": SYNTH}))
     return path
 
 
@@ -189,7 +191,7 @@ def test_mac_order_flags_inversions_beyond_noise():
     recs = [_rec("a", "auto", 1.0, 70.0, macs=1), _rec("b", "auto", 3.0, 72.0, macs=2),
             _rec("c", "auto", 2.0, 74.0, macs=3), _rec("d", "auto", 3.05, 75.0, macs=4)]
     doc = {"records": recs}
-    (group,) = sweep.mac_order(doc)
+    (group,) = records.mac_order(doc)
     # b (2 MACs) is slower than c (3 MACs) beyond the p10-p90 spread; d vs b is within noise
     assert group["inversions"] == [["b", "c"]]
     assert recs[1]["mac_order"]["faster_with_more_macs"] == ["c"]
@@ -199,19 +201,19 @@ def test_mac_order_flags_inversions_beyond_noise():
 
 def test_pareto_front():
     pts = [(1.0, 70.0), (2.0, 69.0), (3.0, 75.0), (3.0, 74.0), (5.0, 75.0), (8.0, 80.0)]
-    assert sweep.pareto_front(pts) == [0, 2, 5]
+    assert pareto.pareto_front(pts) == [0, 2, 5]
 
 
 def test_variants_and_published_accuracy():
-    assert len(sweep.variants()) == 39
-    ys, xs = sweep.variants("y"), sweep.variants("x")
-    assert len(ys) + len(xs) == 39 and all(sweep._family(n) == "y" for n in ys)
-    assert sweep.variants("y", quick=True) == ["regnety_200mf", "regnety_400mf", "regnety_600mf"]
-    acc = sweep.published_accuracy("regnet_y_128gf")
+    assert len(records.variants()) == 39
+    ys, xs = records.variants("y"), records.variants("x")
+    assert len(ys) + len(xs) == 39 and all(records.family_of(n) == "y" for n in ys)
+    assert records.variants("y", quick=True) == ["regnety_200mf", "regnety_400mf", "regnety_600mf"]
+    acc = records.published_accuracy("regnet_y_128gf")
     assert acc["top1"] is None and acc["top1_best224"] == 86.068
-    assert sweep.published_accuracy("regnet_y_1_6gf")["top1_best224_weights"] == "IMAGENET1K_V2"
+    assert records.published_accuracy("regnet_y_1_6gf")["top1_best224_weights"] == "IMAGENET1K_V2"
     with pytest.raises(ValueError):
-        sweep.variants("z")
+        records.variants("z")
 
 
 def test_oom_and_failures_are_recorded_and_failures_retried(monkeypatch):
@@ -249,4 +251,4 @@ def test_a_model_that_cannot_be_built_is_recorded_once_per_measurement(monkeypat
     doc = sweep.run_sweep(cfg, log=lambda s: None, progress=False)
     assert len(doc["records"]) == 4
     assert all(r["status"] == "oom" and "out of memory" in r["skip_reason"] for r in doc["records"])
-    assert sweep.choose(doc["records"], latency_ms=1e9, batch=1).record is None
+    assert pareto.choose(doc["records"], latency_ms=1e9, batch=1).record is None

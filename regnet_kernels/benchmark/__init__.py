@@ -11,5 +11,10 @@ Modules (none is imported here: ``import regnet_kernels`` stays light):
 - :mod:`~regnet_kernels.benchmark.numerics`: parity of every provider against eager and float64.
 - :mod:`~regnet_kernels.benchmark.memory`: activation bytes saved for backward.
 - :mod:`~regnet_kernels.benchmark.shapes`: real RegNet stage conv shapes.
-- :mod:`~regnet_kernels.benchmark.report` / :mod:`~regnet_kernels.benchmark.plots`: the CLI, its JSON and PNGs.
+- :mod:`~regnet_kernels.benchmark.report` / :mod:`~regnet_kernels.benchmark.report_text` /
+  :mod:`~regnet_kernels.benchmark.plots`: ``bench``, its printed report, JSON and PNGs.
+- :mod:`~regnet_kernels.benchmark.sweep` (``sweep``: time every zoo variant),
+  :mod:`~regnet_kernels.benchmark.pareto` (``pick``, Pareto fronts) and
+  :mod:`~regnet_kernels.benchmark.sweep_records` (what both read and write).
+- :mod:`~regnet_kernels.benchmark.common`: option validation, device/git stamps, atomic JSON, tables.
 """

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["speedup_chart", "layer_chart"]
+__all__ = ["pyplot", "speedup_chart", "layer_chart"]
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -50,7 +51,7 @@ def speedup_chart(path: str, *, measured: List[dict], floors: Dict[str, Dict[str
         device: name of the device the measurements ran on.
         title: figure title (model, dtype, batches).
     """
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     modes = sorted({r["mode"] for r in measured})
     timed = [r for r in measured if r.get("speedup_vs_best_eager") is not None]
@@ -90,7 +91,7 @@ def layer_chart(path: str, *, model_bytes: Dict[str, Dict[str, int]], measured_m
         title: figure title.
         model_label: what the model panel counts (batch, dtype).
     """
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     groups = list(dict.fromkeys(g for v in model_bytes.values() for g in v))
     if groups:

@@ -46,6 +46,7 @@ __all__ = [
     "why_not",
     "build",
     "base_model",
+    "TINY_MODELS",
     "segments",
     "model_regime",
     "with_compile_fallback",
@@ -66,6 +67,11 @@ DESCRIPTIONS: Dict[str, str] = {
     "triton": "regnet_kernels.optimize(backend='triton')",
     "cuda": "regnet_kernels.optimize(backend='cuda')",
     "auto": "regnet_kernels.optimize(backend='auto')",
+}
+#: Small design-space RegNets the benchmark can build besides the zoo: every fused path (conv+BN+ReLU, SE,
+#: whole bottleneck blocks, train and eval) in 2 stages / 3 blocks, cheap enough for the Triton interpreter.
+TINY_MODELS: Dict[str, dict] = {
+    "regnety_tiny": dict(depth=3, w_0=16, w_a=8, w_m=2.0, group_width=8, se_ratio=0.25, stem_width=16),
 }
 _LAYOUT_FORMAT = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 LR, MOMENTUM = 1e-3, 0.9
@@ -152,7 +158,8 @@ class Workload:
 
 def base_model(name: str, device: torch.device, *, seed: int = 0, calibrate_batch: int = 4,
                calibrate_resolution: int = 64, num_classes: int = 1000) -> nn.Module:
-    """A zoo model with seeded random weights, perturbed BN affine and calibrated BN running stats.
+    """A zoo model (or one of :data:`TINY_MODELS`) with seeded random weights, perturbed BN affine and
+    calibrated BN running stats.
 
     BN gamma ~ U(0.5, 1.5) (U(0.1, 0.3) for the last BN of each residual branch), beta ~ N(0, 0.1); the
     running statistics come from one training-mode forward on random images (cumulative average, i.e.
@@ -161,7 +168,10 @@ def base_model(name: str, device: torch.device, *, seed: int = 0, calibrate_batc
     from regnet_kernels import models
 
     torch.manual_seed(seed)
-    model = models.get_model(name, num_classes=num_classes)
+    if name in TINY_MODELS:
+        model = models.RegNet(models.RegNetParams(**TINY_MODELS[name]), num_classes=num_classes)
+    else:
+        model = models.get_model(name, num_classes=num_classes)
     gen = torch.Generator().manual_seed(seed + 1)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     # the last BN of each residual branch gets a small gamma, as in trained RegNets (and zero-init-residual

@@ -4,34 +4,42 @@ table, a JSON file and PNG charts.
 Defaults do something useful on any machine:
 
 * GPU: ``regnet_y_1_6gf``, inference (batch 256) and a training step (batch 128), bf16, every provider.
-* CPU: ``regnet_y_400mf``; numerics parity of the fused path (Triton interpreter) against eager at a
-  tiny size, eager CPU timings at a small batch, and the traffic model with the H100/H200 floors.
-  ``--quick`` (what CI runs) stays within about two minutes on two cores.
+* CPU (under a minute on two cores): numerics of every fused path through the Triton interpreter on a
+  tiny RegNetY (conv+BN+ReLU, SE and whole blocks; fp32, fp16 and bf16; inference and training), eager
+  CPU timing of ``regnet_y_400mf`` in **fp32** at batch 2, 224x224, on one thread (reduced-precision
+  autocast on a CPU measures nothing a GPU user needs; one thread keeps a busy machine from distorting
+  the times many-fold), the traffic model with the H100/H200 floors, and the ``aot`` summary when one is
+  cached. ``--full`` is the larger run: numerics on ``regnet_y_400mf`` itself and timing in ``--dtype``
+  (bf16) at batch 4, 224x224, on torch's threads (tens of minutes).
 
 Everything printed or stored is labelled ``model`` (the traffic model of
 :mod:`regnet_kernels.benchmark.roofline`: arithmetic, no hardware) or ``measurement`` (this run on this
 machine). The one quantity that crosses the line, achieved GB/s, is *modelled bytes / measured time*
 and is named so. The JSON under ``--out`` is ``<device-slug>-<YYYY-MM-DD>.json`` (records of a second
-run on the same day replace those with the same key and keep the others), beside two PNGs.
+run on the same day replace those with the same key and keep the others), beside two PNGs. The report
+ends with a five-line summary: the numerics verdict, the model on H100 and H200, where the files are.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["add_arguments", "main", "Config", "REQUIRED_FIELDS"]
+from regnet_kernels.benchmark.common import (
+    MIN_RESOLUTION, device_name, device_slug, git, int_at_least, parse_providers, write_json_atomic,
+)
+
+__all__ = ["add_arguments", "main", "merge_write", "parse_bench_providers", "Config", "REQUIRED_FIELDS", "SCHEMA",
+           "CPU_NUMERICS_MODEL"]
 
 #: Fields every measurement record carries (None where not applicable, e.g. a skipped provider).
 REQUIRED_FIELDS: Tuple[str, ...] = (
@@ -39,7 +47,10 @@ REQUIRED_FIELDS: Tuple[str, ...] = (
     "peak_mem_bytes", "device", "torch", "triton", "cuda", "git_commit",
 )
 _MODES = ("infer", "train")
-_SCHEMA = "regnet_kernels.bench/1"
+_DTYPES = ("fp32", "fp16", "bf16")
+SCHEMA = "regnet_kernels.bench/1"
+#: The CPU default's numerics model (see :data:`regnet_kernels.benchmark.providers.TINY_MODELS`).
+CPU_NUMERICS_MODEL = "regnety_tiny"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -49,25 +60,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the ``bench`` subcommand's options to ``p``."""
     from regnet_kernels.benchmark.providers import PROVIDERS
 
+    res = int_at_least(MIN_RESOLUTION, " (five stride-2 stages)")
     p.add_argument("--model", default=None,
                    help="zoo model (default: regnet_y_1_6gf on GPU, regnet_y_400mf on CPU)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both",
                    help="inference, a full training step (fwd + bwd + SGD), or both (default)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="images per step (default: GPU 256 infer / 128 train; CPU 4, --quick 2)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
-                   help="autocast dtype (fp32: no autocast); default bf16")
+    p.add_argument("--batch", type=int_at_least(1), default=None,
+                   help="images per step (default: GPU 256 infer / 128 train; CPU 2, --full 4)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="autocast dtype (fp32: no autocast). Default bf16 on GPU. CPU: the numerics check runs "
+                        "all three (this option picks one) and timing is fp32; --full: bf16 throughout")
     p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
                    help=f"any of {', '.join(PROVIDERS)} (space or comma separated; default: all that can run "
                         "here; torch.compile on CPU only when named)")
-    p.add_argument("--resolution", type=int, default=None, help="image size (default 224; CPU --quick 64)")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller CPU sizes (CI)")
+    p.add_argument("--resolution", type=res, default=None,
+                   help="image size of the timing (default 224; CPU --quick 64)")
+    p.add_argument("--full", action="store_true",
+                   help="CPU: the larger run (numerics on --model itself, timing in --dtype at batch 4); tens of "
+                        "minutes on two cores")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller timing sizes")
     p.add_argument("--out", default="bench-out", help="directory for the JSON and PNGs (default bench-out/)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default GPU 50, CPU 10; --quick 15 / 8)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed repetitions first")
-    p.add_argument("--numerics-batch", type=int, default=None, help="batch of the parity check (GPU 16, CPU 2)")
-    p.add_argument("--numerics-resolution", type=int, default=None,
-                   help="image size of the parity check (GPU 224, CPU 48)")
+    p.add_argument("--reps", type=int_at_least(1), default=None,
+                   help="timed repetitions (default GPU 50, CPU 5, --full 10; --quick 15 / 3)")
+    p.add_argument("--warmup", type=int_at_least(0), default=None, help="untimed repetitions first")
+    p.add_argument("--numerics-model", default=None,
+                   help=f"model of the parity check (default: {CPU_NUMERICS_MODEL} on CPU, --model otherwise)")
+    p.add_argument("--numerics-batch", type=int_at_least(2, " (training BatchNorm needs two values)"),
+                   default=None, help="batch of the parity check (GPU 16, CPU 2)")
+    p.add_argument("--numerics-resolution", type=res, default=None,
+                   help="image size of the parity check (GPU 224, CPU 32, --full 48)")
     p.add_argument("--no-numerics", action="store_true", help="skip the parity check")
     p.add_argument("--no-timing", action="store_true", help="skip timing (model + numerics only)")
     p.add_argument("--cuda-graph", action="store_true",
@@ -76,13 +97,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile mode on GPU ('default' for torch's default; --quick uses default)")
     p.add_argument("--layouts", choices=("default", "both"), default="default",
                    help="fused providers: channels_last only (default) or time NCHW too and keep the faster")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="CPU threads (default: 1 for the CPU default run, whose timing a busy machine would otherwise "
+                        "distort by tens of times; torch's own with --full)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any provider fails numerics")
 
 
 @dataclass
 class Config:
-    """Resolved settings of one run (defaults filled in for the device)."""
+    """Resolved settings of one run (defaults filled in for the device).
+
+    ``dtype`` is the timing dtype; ``numerics_dtypes`` those of the parity check, on ``numerics_model``;
+    the traffic model runs ``model`` at ``model_batches``, ``model_resolution`` and ``model_dtype``.
+    """
 
     model: str
     modes: Tuple[str, ...]
@@ -107,59 +135,76 @@ class Config:
     strict: bool
     model_batches: Dict[str, int] = field(default_factory=dict)
     model_resolution: int = 224
+    full: bool = False
+    numerics_model: str = ""
+    numerics_dtypes: Tuple[str, ...] = ()
+    numerics_providers: Tuple[str, ...] = ()
+    model_dtype: str = "bf16"
+    threads: Optional[int] = None
 
 
-def _parse_providers(values: Optional[Sequence[str]]) -> Tuple[Tuple[str, ...], frozenset]:
+def parse_bench_providers(values) -> Tuple[Tuple[str, ...], frozenset]:
+    """``--providers`` of ``bench``: names in run order and those named explicitly (``all``: every one)."""
     from regnet_kernels.benchmark.providers import PROVIDERS
 
-    if not values:
-        return PROVIDERS, frozenset()
-    names: List[str] = []
-    for v in values:
-        names += [s.strip() for s in v.split(",") if s.strip()]
-    if "all" in names:
-        return PROVIDERS, frozenset(n for n in names if n != "all")
-    unknown = [n for n in names if n not in PROVIDERS]
-    if unknown:
-        raise SystemExit(f"bench: unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}")
-    ordered = tuple(p for p in PROVIDERS if p in names)  # eager first: compile needs the best eager layout
-    return ordered, frozenset(names)
+    return parse_providers(values, PROVIDERS, default=PROVIDERS, all_means=PROVIDERS, all_is_explicit=False,
+                           command="bench")
 
 
 def _config(args: argparse.Namespace) -> Config:
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    quick = bool(getattr(args, "quick", False))
-    model = args.model or ("regnet_y_1_6gf" if cuda else "regnet_y_400mf")
+    from regnet_kernels.benchmark.providers import TINY_MODELS
     from regnet_kernels.models import list_models
 
-    if model not in list_models():
-        raise SystemExit(f"bench: unknown model {model!r}; known: {', '.join(list_models())}")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    quick, full = bool(getattr(args, "quick", False)), bool(getattr(args, "full", False))
+    if quick and full:
+        raise SystemExit("bench: --quick and --full exclude each other")
+    model = args.model or ("regnet_y_1_6gf" if cuda else "regnet_y_400mf")
+    for name in (model, args.numerics_model):
+        if name is not None and name not in list_models() and name not in TINY_MODELS:
+            raise SystemExit(f"bench: unknown model {name!r}; known: {', '.join(list_models() + list(TINY_MODELS))}")
+    if model in TINY_MODELS:
+        raise SystemExit(f"bench: {model} is for --numerics-model only (the traffic model needs a zoo model)")
     modes = _MODES if args.mode == "both" else (args.mode,)
-    if args.batch is not None and args.batch < 1:
-        raise SystemExit("bench: --batch must be >= 1")
+    cpu_default = not cuda and not full
     if cuda:
+        dtype = args.dtype or "bf16"
         batches = {"infer": args.batch or 256, "train": args.batch or 128}
         res = args.resolution or 224
         reps, warmup = (15, 3) if quick else (50, 10)
         nb, nr = 16 if not quick else 8, 224
-    else:
-        batches = {m: args.batch or (2 if quick else 4) for m in _MODES}
-        res = args.resolution or (64 if quick else 224)
-        reps, warmup = (8, 3) if quick else (10, 3)  # oneDNN builds primitives on the first calls
+    elif full:
+        dtype = args.dtype or "bf16"
+        batches = {m: args.batch or 4 for m in _MODES}
+        res = args.resolution or 224
+        reps, warmup = 10, 3  # oneDNN builds primitives on the first calls
         nb, nr = 2, 48  # the interpreter pays per launch, not per element: tiny is enough and not cheaper
-    providers, explicit = _parse_providers(args.providers)
+    else:  # CPU default: fp32 timing only; the parity check covers the dtypes
+        dtype = "fp32"
+        batches = {m: args.batch or 2 for m in _MODES}
+        res = args.resolution or (64 if quick else 224)
+        reps, warmup = (3, 1) if quick else (5, 2)
+        nb, nr = 2, 32
+    providers, explicit = parse_bench_providers(args.providers)
     compile_mode = None if (args.compile_mode in ("default", "none", "") or quick) else args.compile_mode
     model_batches = dict(batches) if cuda or args.batch else {"infer": 256, "train": 128}
+    numerics_model = args.numerics_model or (CPU_NUMERICS_MODEL if cpu_default else model)
+    numerics_dtypes = ((args.dtype,) if args.dtype else _DTYPES) if cpu_default else (dtype,)
+    # the CPU default checks the fused path: the reference and the fused providers, not the other eager layout
+    numerics_providers = tuple(p for p in providers if not cpu_default or p in explicit or p not in ("eager_nhwc",))
     return Config(
-        model=model, modes=modes, batches=batches, resolution=res, dtype=args.dtype, providers=providers,
+        model=model, modes=modes, batches=batches, resolution=res, dtype=dtype, providers=providers,
         explicit=explicit, quick=quick, out=Path(args.out), device=device,
         reps=args.reps or reps, warmup=args.warmup if args.warmup is not None else warmup,
         numerics=not args.no_numerics, timing=not args.no_timing,
         numerics_batch=args.numerics_batch or nb, numerics_resolution=args.numerics_resolution or nr,
         cuda_graph=bool(args.cuda_graph), compile_mode=compile_mode, layouts=args.layouts,
         plots=not args.no_plots, strict=bool(args.strict), model_batches=model_batches,
-        model_resolution=res if cuda else (args.resolution or 224),
+        model_resolution=res if cuda else (args.resolution or 224), full=full, numerics_model=numerics_model,
+        numerics_dtypes=numerics_dtypes, numerics_providers=numerics_providers,
+        model_dtype=dtype if not cpu_default else (args.dtype or "bf16"),
+        threads=getattr(args, "threads", None) or (1 if cpu_default else None),
     )
 
 
@@ -174,39 +219,6 @@ def _ensure_interpreter(cfg: Config) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Environment
-# ------------------------------------------------------------------------------------------------
-def _git(*argv: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", *argv], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU ({name})" if name else "CPU"
-
-
-def _slug(device: torch.device, name: str) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cuda"
-
-
-# ------------------------------------------------------------------------------------------------
 # The three parts: model, numerics, timing
 # ------------------------------------------------------------------------------------------------
 def _model_part(cfg: Config, common: dict) -> Tuple[List[dict], Dict[Tuple[str, str], object]]:
@@ -217,7 +229,7 @@ def _model_part(cfg: Config, common: dict) -> Tuple[List[dict], Dict[Tuple[str, 
     for mode in cfg.modes:
         for regime in R.REGIMES:
             t = R.model_traffic(cfg.model, regime=regime, mode=mode, batch=cfg.model_batches[mode],
-                                resolution=cfg.model_resolution, dtype=cfg.dtype)
+                                resolution=cfg.model_resolution, dtype=cfg.model_dtype)
             traffic[(mode, regime)] = t
             rec = {"kind": "model", **common, "provider": None, **t.summary(devices),
                    "layers": [{"name": la.name, "group": la.group, "bytes": la.bytes, "flops": la.flops,
@@ -293,141 +305,7 @@ def _time_provider(cfg: Config, name: str, mode: str, base, best_layout: Optiona
 # ------------------------------------------------------------------------------------------------
 # Output
 # ------------------------------------------------------------------------------------------------
-def _fmt(v, spec: str = "{:.3g}", none: str = "-") -> str:
-    if v is None:
-        return none
-    if isinstance(v, float) and v != v:
-        return "nan"
-    return spec.format(v)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    rows = [list(map(str, r)) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def _mem(b: Optional[int]) -> str:
-    if b is None:
-        return "-"
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
-
-
-def _print_model(cfg: Config, traffic: dict) -> None:
-    from regnet_kernels.benchmark import roofline as R
-
-    devs = list(R.DEVICES.values())
-    bs = " / ".join(f"batch {cfg.model_batches[m]} ({m})" for m in cfg.modes)
-    print(f"\n[MODEL] traffic model, not measured: {cfg.model}, {cfg.model_resolution}x{cfg.model_resolution}, "
-          f"{cfg.dtype}, {bs}")
-    rows = []
-    for (mode, regime), t in traffic.items():
-        rows.append([mode, regime, f"{t.bytes / 1e9:.2f}", f"{t.flops / 1e9:.0f}", t.launches]
-                    + [f"{t.floor_ms(d):.2f}" for d in devs])
-    print(_table(["mode", "regime", "GB moved", "GFLOP", "launches"] + [f"floor {d.name} (ms)" for d in devs],
-                 rows))
-    for mode in cfg.modes:
-        regs = [r for r in R.REGIMES if (mode, r) in traffic]
-        groups = list(traffic[(mode, "eager")].by_group())
-        launches = {r: {} for r in regs}
-        for r in regs:
-            for la in traffic[(mode, r)].layers:
-                launches[r][la.group] = launches[r].get(la.group, 0) + la.launches
-        rows = [[g] + [f"{traffic[(mode, r)].by_group().get(g, 0) / 1e6:.1f}" for r in regs]
-                + [str(launches[r].get(g, 0)) for r in regs] for g in groups]
-        print(f"\n[MODEL] per layer group, {mode} (MB moved | kernel launches); per-layer detail in the JSON")
-        print(_table(["group"] + [f"{r} MB" for r in regs] + [f"{r} launches" for r in regs], rows))
-    for t in traffic.values():
-        if t.note:
-            print(f"note ({t.mode}, {t.regime}): {t.note}")
-            break
-
-
-def _print_numerics(cfg: Config, numerics: Dict[str, Dict[str, dict]], interp: bool) -> None:
-    print(f"\n[MEASUREMENT] numerics vs eager_nchw (same dtype) and vs a float64 eager reference: "
-          f"{cfg.model}, batch {cfg.numerics_batch}, {cfg.numerics_resolution}x{cfg.numerics_resolution}, "
-          f"{cfg.dtype}{' (Triton in the interpreter)' if interp else ''}. Relative norm errors; pass = err vs fp64 "
-          f"<= 2 x eager's + floor")
-    rows = []
-    for mode, res in numerics.items():
-        for name, r in res.items():
-            if r["status"] != "ok":
-                why = r.get("skip_reason") or r.get("error") or ""
-                rows.append([name, mode, r["status"], "-", "-", "-", "-", "-", why[:70]])
-                continue
-            g = (f"{_fmt(r.get('grad_err_vs_fp64'))} ({_fmt(r.get('grad_eager_err_vs_fp64'))})"
-                 if mode == "train" else "-")
-            rows.append([name, mode, "ok", _fmt(r["err_vs_eager"]), _fmt(r["err_vs_fp64"]),
-                         _fmt(r["eager_err_vs_fp64"]), g, "PASS" if r["pass"] else "FAIL",
-                         f"{r.get('backend_resolved') or ''}"])
-    print(_table(["provider", "mode", "status", "out err vs eager", "out err vs fp64", "eager's vs fp64",
-                  "grads vs fp64 (eager's)", "pass", "backend / reason"], rows))
-    print("(out = logits in infer, the loss in train; grads = all parameter gradients as one vector)")
-
-
-def _print_timing(cfg: Config, measured: List[dict], device_name: str, spec) -> None:
-    for mode in cfg.modes:
-        recs = [r for r in measured if r["mode"] == mode]
-        method = next((r["timing"]["method"] for r in recs if r.get("timing")), "-")
-        print(f"\n[MEASUREMENT] {mode} timing on {device_name}: {cfg.model}, batch {cfg.batches[mode]}, "
-              f"{cfg.resolution}x{cfg.resolution}, {cfg.dtype}; {method}, median of {cfg.reps} after "
-              f"{cfg.warmup} warm-up")
-        rows = []
-        for r in recs:
-            if r["status"] not in ("ok",):
-                why = r.get("skip_reason") or r.get("error") or ""
-                rows.append([r["provider"], r["status"], "-", "-", "-", "-", "-", "-", "-", "-", why[:80]])
-                continue
-            lk = "launches_per_forward" if mode == "infer" else "launches_per_step"
-            rows.append([r["provider"], "ok", f"{r['ms_median']:.2f}", f"{r['ms_p10']:.2f}-{r['ms_p90']:.2f}",
-                         f"{r['img_per_s']:.0f}", _fmt(r.get("speedup_vs_best_eager"), "{:.2f}x"),
-                         _mem(r.get("peak_mem_bytes")), _fmt(r.get("gbps"), "{:.3g}"),
-                         _fmt(r.get("pct_of_floor"), "{:.0f}%"), _fmt(r.get(lk), "{}"),
-                         f"{r.get('layout')}" + (f", {r['backend_resolved']}" if r.get("backend_resolved") else "")])
-        print(_table(["provider", "status", "ms", "p10-p90", "img/s", "speed-up", "peak mem", "GB/s*", "% floor**",
-                      "launches", "layout, backend / reason"], rows))
-        floor = (f"** the regime's modelled floor on {spec.name} / measured time" if spec else
-                 "** no floor: this device is not in the device table")
-        print(f"* modelled bytes of the provider's regime / measured time (a model divided by a measurement); {floor}")
-
-
-def _print_memory(measured: List[dict], numerics: Dict[str, Dict[str, dict]], cfg: Config) -> None:
-    rows = []
-    eager_t = next((r.get("saved_activation_bytes") for r in measured
-                    if r["provider"] == "eager_nchw" and r["mode"] == "train"), None)
-    for r in measured:
-        if r["mode"] == "train" and r.get("saved_activation_bytes") is not None:
-            b = r["saved_activation_bytes"]
-            rows.append([r["provider"], f"timing size (batch {cfg.batches['train']}, {cfg.resolution}px)", _mem(b),
-                         _fmt(b / eager_t if eager_t else None, "{:.2f}")])
-    num = numerics.get("train", {})
-    eager_n = num.get("eager_nchw", {}).get("saved_activation_bytes")
-    for name, r in num.items():
-        b = r.get("saved_activation_bytes")
-        if b is not None:
-            rows.append([name, f"numerics size (batch {cfg.numerics_batch}, {cfg.numerics_resolution}px)", _mem(b),
-                         _fmt(b / eager_n if eager_n else None, "{:.2f}")])
-    if rows:
-        print("\n[MEASUREMENT] activations saved for backward (training forward; distinct storages, parameters "
-              "and their casts excluded)")
-        print(_table(["provider", "workload", "saved", "ratio vs eager_nchw"], rows))
-
-
-def _finite(obj):
-    """JSON has no inf/nan: non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _merge_write(path: Path, doc: dict) -> None:
+def merge_write(path: Path, doc: dict) -> None:
     """Write ``doc``; records already in ``path`` with another key are kept (several runs per day)."""
 
     def key(r):
@@ -442,71 +320,78 @@ def _merge_write(path: Path, doc: dict) -> None:
                 doc["records"] = [r for r in old.get("records", []) if key(r) not in new_keys] + doc["records"]
         except (OSError, ValueError):
             pass
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(doc), indent=1, default=str, allow_nan=False))
-    tmp.replace(path)
+    write_json_atomic(path, doc)
 
 
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark report; returns the exit status (1 only with ``--strict`` and a numerics failure)."""
-    cfg = _config(args)
-    interp_note = _ensure_interpreter(cfg)
+def _bar(desc: str, total: int, unit: str):
+    """A tqdm bar on stderr; without a terminal (CI, a pipe) one line announcing the phase instead."""
     from tqdm.auto import tqdm
 
-    from regnet_kernels import backends, info
-    from regnet_kernels.benchmark import plots
-    from regnet_kernels.benchmark import providers as P
-    from regnet_kernels.benchmark import roofline as R
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+    if bar.disable and total:
+        print(f"[bench] {desc}: {total} {unit}(s)...", file=sys.stderr, flush=True)
+    return bar
+
+
+def _numerics_part(cfg: Config, base, base_numerics) -> Dict[Tuple[str, str], Dict[str, dict]]:
     from regnet_kernels.benchmark.numerics import check_model_numerics
 
-    t_start = time.perf_counter()
-    env = info.environment()
-    device_name = _device_name(cfg.device)
-    spec = R.match_device(device_name) if cfg.device.type == "cuda" else None
-    today = _dt.date.today().isoformat()
-    commit = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    common = {"model": cfg.model, "device": device_name, "torch": torch.__version__, "triton": env.get("triton"),
-              "cuda": torch.version.cuda, "git_commit": commit, "date": today}
-    interp = cfg.device.type == "cpu" and backends.triton_interpreting()
-
-    print(f"regnet_kernels bench: {cfg.model}, {cfg.dtype}, {'+'.join(cfg.modes)} on {device_name}; torch "
-          f"{torch.__version__}, triton {env.get('triton')}, CUDA {torch.version.cuda}, git {commit or '?'}"
-          f"{' (dirty)' if dirty else ''}")
-    if interp_note:
-        print(f"note: {interp_note}")
-
-    phases: Dict[str, float] = {}
-    t0 = time.perf_counter()
-    model_records, traffic = _model_part(cfg, common)
-    base = P.base_model(cfg.model, cfg.device)
-    phases["model_s"] = time.perf_counter() - t0
-
-    # numerics ------------------------------------------------------------------------------------
-    numerics: Dict[str, Dict[str, dict]] = {}
-    n_timed = len(cfg.modes) * len(cfg.providers) if cfg.timing else 0
-    bar = tqdm(total=(len(cfg.modes) * len(cfg.providers) if cfg.numerics else 0) + n_timed * cfg.reps,
-               desc="bench", unit="step", file=sys.stderr, leave=False, dynamic_ncols=True,
-               disable=None)
-    t0 = time.perf_counter()
-    if cfg.numerics:
+    numerics: Dict[Tuple[str, str], Dict[str, dict]] = {}
+    if not cfg.numerics:
+        return numerics
+    providers = cfg.numerics_providers or cfg.providers
+    per_mode = len(providers) + ("eager_nchw" not in providers)  # the reference always runs
+    bar = _bar("numerics", len(cfg.numerics_dtypes) * len(cfg.modes) * per_mode, "check")
+    for dtype in cfg.numerics_dtypes:
         for mode in cfg.modes:
-            def progress(name, mode=mode):
-                bar.set_postfix_str(f"numerics {mode} {name}")
+            def progress(name, mode=mode, dtype=dtype):
+                bar.set_postfix_str(f"{dtype} {mode} {name}")
                 bar.update(1)
-            numerics[mode] = check_model_numerics(
-                cfg.providers, model=cfg.model, mode=mode, dtype=cfg.dtype, device=cfg.device,
-                batch=cfg.numerics_batch, resolution=cfg.numerics_resolution, base=base,
+            numerics[(dtype, mode)] = check_model_numerics(
+                providers, model=cfg.numerics_model, mode=mode, dtype=dtype, device=cfg.device,
+                batch=cfg.numerics_batch, resolution=cfg.numerics_resolution, base=base_numerics,
                 allow_slow=cfg.explicit, progress=progress)
+    bar.close()
+    return numerics
 
-    phases["numerics_s"] = time.perf_counter() - t0
 
-    # timing ---------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+def _times_the_reference(cfg: Config, name: str) -> bool:
+    """CPU default: a fused provider whose ops resolve to the eager reference is not timed (unless named)."""
+    from regnet_kernels import backends
+    from regnet_kernels.benchmark import providers as P
+
+    if cfg.device.type == "cuda" or cfg.full or name not in P.FUSED_PROVIDERS or name in cfg.explicit:
+        return False
+    sample = torch.empty(1, dtype=P.DTYPES[cfg.dtype], device=cfg.device)
+    try:
+        return backends.resolve("conv_bn_act", [sample], name) == "eager"
+    except backends.BackendUnavailableError:
+        return False
+
+
+def _saved_bytes(cfg: Config, name: str, base) -> int:
+    """Activation bytes ``name`` saves for backward in one training forward at the timing size."""
+    from regnet_kernels.benchmark import providers as P
+    from regnet_kernels.benchmark.memory import saved_activation_bytes
+
+    wl = P.Workload(cfg.model, "train", cfg.batches["train"], cfg.resolution, cfg.dtype, cfg.device)
+    built = P.build(name, wl, base)
+    x, _ = wl.make_inputs(0, built.layout)
+
+    def fwd(m, xx):
+        with wl.autocast():
+            return m(xx)
+    return saved_activation_bytes(built.module, x, forward=fwd)
+
+
+def _timing_part(cfg: Config, base, common: dict, numerics) -> List[dict]:
+    from regnet_kernels.benchmark import providers as P
+
     measured: List[dict] = []
+    bar = _bar("timing", len(cfg.modes) * len(cfg.providers) * cfg.reps if cfg.timing else 0, "step")
     for mode in cfg.modes:
         best_layout = None
         for name in cfg.providers:
@@ -514,23 +399,27 @@ def main(args: argparse.Namespace) -> int:
                    "resolution": cfg.resolution, "dtype": cfg.dtype, "provider": name,
                    "description": P.DESCRIPTIONS[name], "ms_median": None, "ms_p10": None, "ms_p90": None,
                    "img_per_s": None, "peak_mem_bytes": None, "cuda_graph": False}
-            num = numerics.get(mode, {}).get(name)
+            num = numerics.get((cfg.dtype, mode), {}).get(name)
             if num is not None:
                 rec["numerics"] = num
-            reason = None
             if not cfg.timing:
                 reason = "timing skipped (--no-timing)"
             else:
                 reason = P.why_not(name, cfg.device, purpose="time", allow_slow=name in cfg.explicit,
                                    dtype=cfg.dtype)
+            if reason is None and _times_the_reference(cfg, name):
+                reason = (f"{name} resolves to the eager reference on this device: its time would be eager's "
+                          "(--full or --providers times it)")
+                if mode == "train":  # what the fused modules keep for backward does not depend on the backend
+                    rec["saved_activation_bytes"] = _saved_bytes(cfg, name, base)
             if reason is not None:
-                ran = num is not None and num.get("status") == "ok"
+                ran = any(res.get(name, {}).get("status") == "ok" for (_, m), res in numerics.items() if m == mode)
                 rec.update(status="numerics_only" if ran else "skipped", skip_reason=reason)
                 measured.append(rec)
                 if cfg.timing:
                     bar.update(cfg.reps)
                 continue
-            bar.set_postfix_str(f"timing {mode} {name}")
+            bar.set_postfix_str(f"{mode} {name}")
             try:
                 rec.update(_time_provider(cfg, name, mode, base, best_layout, bar))
             except Exception as e:  # one broken provider must not sink the report
@@ -541,9 +430,14 @@ def main(args: argparse.Namespace) -> int:
                           and r["status"] == "ok"]
                 best_layout = min(eagers, key=lambda r: r["ms_median"])["layout"]
     bar.close()
-    phases["timing_s"] = time.perf_counter() - t0
+    return measured
 
-    # derived figures -------------------------------------------------------------------------------
+
+def _derive(cfg: Config, measured: List[dict], spec) -> None:
+    """Speed-up over the faster eager layout, modelled bytes, GB/s and % of the floor, per timed record."""
+    from regnet_kernels.benchmark import providers as P
+    from regnet_kernels.benchmark import roofline as R
+
     for mode in cfg.modes:
         eager_ms = [r["ms_median"] for r in measured if r["mode"] == mode and r["status"] == "ok"
                     and r["provider"] in ("eager_nchw", "eager_nhwc")]
@@ -562,52 +456,140 @@ def main(args: argparse.Namespace) -> int:
             r["pct_of_floor"] = 100.0 * r["floor_ms"] / r["ms_median"] if spec else None
             r["speedup_vs_best_eager"] = best / r["ms_median"] if best else None
 
+
+def _plots(cfg: Config, stem: str, measured: List[dict], traffic: dict, device: str) -> List[Path]:
+    from regnet_kernels.benchmark import plots
+    from regnet_kernels.benchmark import roofline as R
+
+    title = (f"{cfg.model}, {cfg.dtype}, " + ", ".join(f"{m} batch {cfg.batches[m]}" for m in cfg.modes)
+             + f", {cfg.resolution}px (measured) | model: " + ", ".join(
+                 f"{m} batch {cfg.model_batches[m]}" for m in cfg.modes) + f", {cfg.model_resolution}px, "
+             f"{cfg.model_dtype}")
+    floors = {f"{mode} {reg}": {d.name: traffic[(mode, reg)].floor_ms(d) for d in R.DEVICES.values()}
+              for (mode, reg) in traffic}
+    p1 = cfg.out / f"{stem}-speedup.png"
+    plots.speedup_chart(str(p1), measured=measured, floors=floors, device=device, title=title)
+    mode0 = "infer" if "infer" in cfg.modes else cfg.modes[0]
+    model_bytes = {reg: traffic[(mode0, reg)].by_group() for reg in R.REGIMES if (mode0, reg) in traffic}
+    layer_ms = {r["provider"]: r["layer_ms"] for r in measured if r.get("layer_ms")}
+    p2 = cfg.out / f"{stem}-layers.png"
+    plots.layer_chart(str(p2), model_bytes=model_bytes, measured_ms=layer_ms, device=device, title=title,
+                      model_label=f"{mode0}, batch {cfg.model_batches[mode0]}, {cfg.model_dtype}")
+    return [p1, p2]
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark report; returns the exit status (1 only with ``--strict`` and a numerics failure)."""
+    cfg = _config(args)
+    interp_note = _ensure_interpreter(cfg)
+    with _torch_threads(cfg.threads if cfg.device.type == "cpu" else None):
+        return _report(cfg, interp_note)
+
+
+def _report(cfg: Config, interp_note: Optional[str]) -> int:
+    from regnet_kernels import backends, info
+    from regnet_kernels.benchmark import providers as P
+    from regnet_kernels.benchmark import report_text as out
+    from regnet_kernels.benchmark import roofline as R
+
+    t_start = time.perf_counter()
+    env = info.environment()
+    dev_name = device_name(cfg.device)
+    spec = R.match_device(dev_name) if cfg.device.type == "cuda" else None
+    today = _dt.date.today().isoformat()
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    common = {"model": cfg.model, "device": dev_name, "torch": torch.__version__, "triton": env.get("triton"),
+              "cuda": torch.version.cuda, "git_commit": commit, "date": today}
+    interp = cfg.device.type == "cpu" and backends.triton_interpreting()
+
+    print(f"regnet_kernels bench: {cfg.model}, {'+'.join(cfg.modes)} on {dev_name}; torch {torch.__version__}, "
+          f"triton {env.get('triton')}, CUDA {torch.version.cuda}, git {commit or '?'}{' (dirty)' if dirty else ''}")
+    if interp_note:
+        print(f"note: {interp_note}")
+    out.print_plan(cfg, interp)
+    sys.stdout.flush()
+
+    phases: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    setup = _bar("setup", 2 + (cfg.numerics_model != cfg.model), "model")
+    setup.set_postfix_str("traffic model")
+    model_records, traffic = _model_part(cfg, common)
+    setup.update(1)
+    setup.set_postfix_str(f"building {cfg.model}")
+    base = P.base_model(cfg.model, cfg.device)
+    setup.update(1)
+    base_numerics = base
+    if cfg.numerics_model != cfg.model:
+        setup.set_postfix_str(f"building {cfg.numerics_model}")
+        base_numerics = P.base_model(cfg.numerics_model, cfg.device)
+        setup.update(1)
+    setup.close()
+    phases["model_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    numerics = _numerics_part(cfg, base, base_numerics)
+    phases["numerics_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    measured = _timing_part(cfg, base, common, numerics)
+    phases["timing_s"] = time.perf_counter() - t0
+    _derive(cfg, measured, spec)
+
     # output -----------------------------------------------------------------------------------------
     cfg.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{_slug(cfg.device, device_name)}-{today}"
+    stem = f"{device_slug(cfg.device, dev_name)}-{today}"
     json_path = cfg.out / f"{stem}.json"
-    doc = {"schema": _SCHEMA, "created": _dt.datetime.now().isoformat(timespec="seconds"), "date": today,
-           "device": device_name, "device_slug": _slug(cfg.device, device_name),
+    numerics_records = [{"kind": "numerics", **common, "model": cfg.numerics_model, "provider": name, **r}
+                        for res in numerics.values() for name, r in res.items()]
+    doc = {"schema": SCHEMA, "created": _dt.datetime.now().isoformat(timespec="seconds"), "date": today,
+           "device": dev_name, "device_slug": device_slug(cfg.device, dev_name),
            "device_spec": spec.key if spec else None, "git_commit": commit, "git_dirty": bool(dirty),
            "environment": env,
            "config": {"model": cfg.model, "modes": list(cfg.modes), "batches": cfg.batches,
                       "resolution": cfg.resolution, "dtype": cfg.dtype, "providers": list(cfg.providers),
-                      "quick": cfg.quick, "reps": cfg.reps, "warmup": cfg.warmup,
+                      "quick": cfg.quick, "full": cfg.full, "reps": cfg.reps, "warmup": cfg.warmup,
+                      "numerics_model": cfg.numerics_model, "numerics_dtypes": list(cfg.numerics_dtypes),
                       "numerics_batch": cfg.numerics_batch, "numerics_resolution": cfg.numerics_resolution,
                       "cuda_graph": cfg.cuda_graph, "compile_mode": cfg.compile_mode, "layouts": cfg.layouts,
                       "model_batches": cfg.model_batches, "model_resolution": cfg.model_resolution,
-                      "triton_interpreter": interp},
+                      "model_dtype": cfg.model_dtype, "triton_interpreter": interp,
+                      "cpu_threads": torch.get_num_threads() if cfg.device.type == "cpu" else None},
            "phases_s": {k: round(v, 1) for k, v in phases.items()},
-           "records": model_records + measured}
-    _merge_write(json_path, doc)
-    pngs = []
-    if cfg.plots:
-        title = (f"{cfg.model}, {cfg.dtype}, " + ", ".join(f"{m} batch {cfg.batches[m]}" for m in cfg.modes)
-                 + f", {cfg.resolution}px (measured) | model: " + ", ".join(
-                     f"{m} batch {cfg.model_batches[m]}" for m in cfg.modes) + f", {cfg.model_resolution}px")
-        floors = {f"{mode} {reg}": {d.name: traffic[(mode, reg)].floor_ms(d) for d in R.DEVICES.values()}
-                  for (mode, reg) in traffic}
-        p1 = cfg.out / f"{stem}-speedup.png"
-        plots.speedup_chart(str(p1), measured=measured, floors=floors, device=device_name, title=title)
-        mode0 = "infer" if "infer" in cfg.modes else cfg.modes[0]
-        model_bytes = {reg: traffic[(mode0, reg)].by_group() for reg in R.REGIMES if (mode0, reg) in traffic}
-        layer_ms = {r["provider"]: r["layer_ms"] for r in measured if r.get("layer_ms")}
-        p2 = cfg.out / f"{stem}-layers.png"
-        plots.layer_chart(str(p2), model_bytes=model_bytes, measured_ms=layer_ms, device=device_name, title=title,
-                          model_label=f"{mode0}, batch {cfg.model_batches[mode0]}, {cfg.dtype}")
-        pngs = [p1, p2]
+           "records": model_records + measured + numerics_records}
+    merge_write(json_path, doc)
+    t0 = time.perf_counter()
+    pngs = _plots(cfg, stem, measured, traffic, dev_name) if cfg.plots else []
+    phases["plots_s"] = time.perf_counter() - t0
 
-    _print_model(cfg, traffic)
+    out.print_model(cfg, traffic)
     if numerics:
-        _print_numerics(cfg, numerics, interp)
+        out.print_numerics(cfg, numerics, interp)
     if cfg.timing:
-        _print_timing(cfg, measured, device_name, spec)
-    _print_memory(measured, numerics, cfg)
-    print(f"\nwrote {json_path}" + "".join(f", {p}" for p in pngs))
-    print(f"wall time {time.perf_counter() - t_start:.0f} s (" + ", ".join(
+        out.print_timing(cfg, measured, dev_name, spec)
+    out.print_memory(cfg, measured, numerics)
+    print("\n[aot] compiled kernels (not measured):")
+    for line in out.aot_lines():
+        print(f"  {line}")
+    print(f"\nwall time {time.perf_counter() - t_start:.0f} s (" + ", ".join(
         f"{k[:-2]} {v:.0f} s" for k, v in phases.items()) + ")")
-    failed = [f"{m}/{n}" for m, res in numerics.items() for n, r in res.items()
+    failed = [f"{d}/{m}/{n}" for (d, m), res in numerics.items() for n, r in res.items()
               if r.get("status") == "ok" and not r.get("pass")]
     if failed:
         print(f"NUMERICS FAIL: {', '.join(failed)}")
+    out.print_summary(out.summary_lines(cfg, numerics, traffic, json_path, pngs))
     return 1 if (failed and cfg.strict) else 0
