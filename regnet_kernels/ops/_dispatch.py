@@ -25,7 +25,7 @@ class DtypeError(TypeError, RuntimeError):
 def empty_batch(shape) -> bool:
     """True when an op's input or output holds no element: eager's result is empty too, and the kernel
     backends are never launched on it (the eager backend computes it, autograd chain included)."""
-    return any(int(s) == 0 for s in shape)
+    return any(s == 0 for s in shape)
 
 
 def activation_dtype_check(tensors: Sequence[torch.Tensor]) -> Optional[str]:

@@ -62,7 +62,7 @@ def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, gr
     see). Where eager PyTorch raises, the error has eager's type (:class:`ShapeError` is both the
     ``ValueError`` these checks always raised and eager's ``RuntimeError``) and eager's wording.
     """
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(shape)  # (SymInts stay symbolic: int() would specialize an exported dynamic batch)
     if len(shape) != 4:
         raise ValueError(f"{who}: expected 4D input (got {len(shape)}D input): the fused op takes a 4-D input "
                          f"(N, C, H, W), got shape {shape}")

@@ -32,7 +32,7 @@ def _check(x, w1, b1, w2, b2) -> None:
 def check_se(shape, dtype, device, w1, b1, w2, b2, who: str = "squeeze_excite") -> None:
     """Validate squeeze-excitation on an input of ``shape`` / ``dtype`` / ``device`` (the functional's input,
     or inside a whole block the shape conv b produces). An empty input is valid: eager returns it empty."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(shape)  # (SymInts stay symbolic: int() would specialize an exported dynamic batch)
     if len(shape) != 4:
         raise ValueError(f"{who}: expected a 4-D input (N, C, H, W), got shape {shape}")
     if not dtype.is_floating_point:
