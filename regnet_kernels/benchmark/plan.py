@@ -236,12 +236,12 @@ class _TritonOnMeta(torch.utils._python_dispatch.TorchDispatchMode):
 # ------------------------------------------------------------------------------------------------
 # Planning a model
 # ------------------------------------------------------------------------------------------------
-def _build(model: str, dtype: torch.dtype, mode: str):
+def _build(model, dtype: torch.dtype, mode: str):
     from regnet_kernels import optimize
     from regnet_kernels.models import get_model
 
     with torch.device("meta"):
-        net = get_model(model)
+        net = get_model(model) if isinstance(model, str) else model()
     if dtype != torch.float32:
         keep = set()
         for m in net.modules():  # autocast leaves these in fp32 on the fused path
@@ -255,13 +255,14 @@ def _build(model: str, dtype: torch.dtype, mode: str):
     return optimize(net, backend="triton")
 
 
-def plan(model: str, mode: str = "infer", batch: int = 1, resolution: int = 224, dtype: str = "bf16",
+def plan(model, mode: str = "infer", batch: int = 1, resolution: int = 224, dtype: str = "bf16",
          arch=90) -> Plan:
     """Every Triton launch of one fused forward (``infer``, eval mode, no grad) or one training step's
     forward + backward (``train``; the optimizer step is eager) of the zoo model ``model``.
 
     Args:
-        model: zoo name (``"regnet_y_400mf"``).
+        model: zoo name (``"regnet_y_400mf"``), or a callable building the (unfused) model; it is called
+            under ``torch.device("meta")``.
         mode: ``"infer"`` or ``"train"``.
         batch, resolution: input ``(batch, 3, resolution, resolution)``, channels_last.
         dtype: ``"bf16"``, ``"fp16"`` (autocast-style mixed precision) or ``"fp32"``.
@@ -298,4 +299,5 @@ def plan(model: str, mode: str = "infer", batch: int = 1, resolution: int = 224,
     finally:
         torch.is_autocast_enabled = real_is_autocast
         _triton_utils.set_recorder(prev)
-    return Plan(model, mode, batch, resolution, dtype, arch, rec.launches)
+    name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
+    return Plan(name, mode, batch, resolution, dtype, arch, rec.launches)

@@ -84,7 +84,12 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
         return ConvConfig(64, block_n, block_k, 4, 1)
     block_m = 64 if M <= 4096 else 128
     num_warps = 4 if block_m * block_n <= 64 * 64 else 8
-    return ConvConfig(block_m, block_n, block_k, num_warps, 3)
+    # The conv main loops load their operands element by element (masked, group-packed gathers), so the
+    # reduction tile sets the register budget: BLOCK_K 64 with 3 stages spilled 2-3 KB per thread at 255
+    # registers (sm_90, regnet_y_400mf). Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both
+    # double-buffered: 0 spills, wgmma kept. (Whether 16 costs tensor-core rate needs a GPU to judge.)
+    block_k = min(block_k, 16 if kh * kw > 1 else 32)
+    return ConvConfig(block_m, block_n, block_k, num_warps, 2)
 
 
 def conv_fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
@@ -121,9 +126,10 @@ def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: 
                       target: Target) -> WgradConfig:
     """Weight gradient: a tile of ``block_co`` output x ``block_ci`` input channels per tap; the pixel
     reduction ``M = N*Ho*Wo`` is split ``split`` ways (split-K) so that the grid fills the GPU."""
-    bco = _clamp_pow2(c_out, 16, 64)
+    # on a GPU the output-channel side is the dot's M: wgmma needs 64 rows per warpgroup
+    bco = _clamp_pow2(c_out, 16 if target.interpret else 64, 64)
     bci = _packed_k(c_out, bco, cin_g, cout_g)
-    bm = 32 if target.interpret else 64
+    bm = 32  # the pixel reduction per step: 64 spilled with the BN + gate prologue (sm_90)
     n_co = _cdiv(c_out, bco)
     # widest input-channel range any output tile spans, in BLOCK_CI chunks
     max_ci = 0
@@ -137,7 +143,7 @@ def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: 
         split = min(split, 2)
     m_per_split = _cdiv(_cdiv(M, split), bm) * bm
     split = _cdiv(M, m_per_split)
-    return WgradConfig(bco, bci, bm, n_co, n_ci, split, m_per_split, 4, 1 if target.interpret else 3)
+    return WgradConfig(bco, bci, bm, n_co, n_ci, split, m_per_split, 4, 1 if target.interpret else 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +161,8 @@ def ew_config(M: int, C: int, target: Target) -> TileConfig:
     the residual tail."""
     bc = _clamp_pow2(C, 16, 64)
     bm = 64 if target.interpret else max(32, 4096 // bc)
-    return TileConfig(bm, bc, 4, 1 if target.interpret else 3)
+    # 8 warps on a GPU: the residual tail's backward reached 254 registers (and spilled) with 4
+    return TileConfig(bm, bc, 4 if target.interpret else 8, 1 if target.interpret else 3)
 
 
 def channel_sum_config(HW: int, C: int, target: Target) -> TileConfig:
@@ -175,7 +182,7 @@ class FcConfig(NamedTuple):
 
 def se_fc_config(N: int, C: int, S: int, target: Target) -> FcConfig:
     """Both SE FCs for ``block_n`` samples per program (squeeze width ``S``, ``C`` channels)."""
-    bn = 16 if (target.interpret or N <= 16) else 32
+    bn = 16  # 32 samples per program spilled (255 registers, up to 1.3 KB per thread) on sm_90
     return FcConfig(bn, _clamp_pow2(S, 16, 64), _clamp_pow2(C, 16, 64), 4, 1 if target.interpret else 3)
 
 
