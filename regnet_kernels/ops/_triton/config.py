@@ -83,7 +83,8 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     if target.interpret:
         return ConvConfig(64, block_n, block_k, 4, 1)
     block_m = 64 if M <= 4096 else 128
-    num_warps = 4 if block_m * block_n <= 64 * 64 else 8
+    # 8 warps for 128-row tiles: 128 x 32 with 4 warps spilled at 255 registers (the stem, sm_90)
+    num_warps = 4 if block_m == 64 else 8
     # The conv main loops load their operands element by element (masked, group-packed gathers), so the
     # reduction tile sets the register budget: BLOCK_K 64 with 3 stages spilled 2-3 KB per thread at 255
     # registers (sm_90, regnet_y_400mf). Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both
