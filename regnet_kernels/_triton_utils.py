@@ -18,24 +18,28 @@ try:  # triton >= 3.4
 except Exception:  # pragma: no cover - older triton
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-__all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "num_sms", "launch_device"]
+from regnet_kernels.ops._triton.config import Target, next_pow2
+
+__all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "num_sms", "launch_device", "launch",
+           "target", "recording"]
 
 #: Number of launches per Triton kernel name since import. Tests use it to prove that the Triton
 #: kernels (and not a fallback) actually ran; it costs one dict update per launch.
 LAUNCHES: collections.Counter = collections.Counter()
 
+#: The active launch recorder (see :mod:`regnet_kernels.benchmark.plan`), or None. While one is set,
+#: :func:`launch` hands every launch to it instead of running it, and :func:`target` returns its
+#: target, so the launchers choose their configs for the planned GPU.
+_RECORDER = None
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
-
-def dot_in_fp32(dtype: torch.dtype) -> bool:
+def dot_in_fp32(dtype: torch.dtype, interpret: bool = INTERPRET) -> bool:
     """Whether ``tl.dot`` operands must be upcast to fp32.
 
     fp32 always multiplies in fp32. bf16 is upcast only in the interpreter, whose ``tl.dot`` on bf16
     operands returns garbage (numpy has no bf16); on a GPU bf16 goes to the tensor cores.
     """
-    return dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16)
+    return dtype == torch.float32 or (interpret and dtype == torch.bfloat16)
 
 
 def ieee_dot(dtype: torch.dtype) -> bool:
@@ -70,3 +74,44 @@ class launch_device:
     def __exit__(self, *exc):
         if self.ctx is not None:
             self.ctx.__exit__(*exc)
+
+
+def recording():
+    """The active launch recorder, or None."""
+    return _RECORDER
+
+
+def set_recorder(recorder):
+    """Install ``recorder`` (an object with ``target`` and ``record(kernel, grid, label, args, kwargs)``);
+    returns the previous one. Used by the launch plan only."""
+    global _RECORDER
+    prev, _RECORDER = _RECORDER, recorder
+    return prev
+
+
+def target(device: torch.device) -> Target:
+    """Where launches on ``device`` run: the planned GPU while recording, else this process's mode."""
+    if _RECORDER is not None:
+        return _RECORDER.target
+    return Target(INTERPRET, num_sms(device), 0)
+
+
+def launch(kernel, grid, device: torch.device, label: str = ""):
+    """``kernel[grid]`` with ``device`` current; call the result with the kernel's arguments.
+
+    Counts the launch in :data:`LAUNCHES` under ``label`` (default: the kernel's name). While a recorder
+    is active the launch is recorded, not run (the plan's tensors live on the meta device).
+    """
+    label = label or kernel.fn.__name__
+    LAUNCHES[label] += 1
+    rec = _RECORDER
+    if rec is not None:
+        return lambda *args, **kwargs: rec.record(kernel, grid, label, args, kwargs)
+    if device.type != "cuda":
+        return kernel[grid]
+
+    def run(*args, **kwargs):
+        with torch.cuda.device(device):
+            return kernel[grid](*args, **kwargs)
+
+    return run

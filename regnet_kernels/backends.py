@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,8 @@ def _triton_device(device: torch.device) -> Optional[str]:
             "triton runs CPU tensors only in interpreter mode: set TRITON_INTERPRET=1 before the "
             "first triton op runs"
         )
+    if device.type == "meta" and getattr(sys.modules.get("regnet_kernels._triton_utils"), "_RECORDER", None):
+        return None  # the launch plan records launches on meta tensors (regnet_kernels.benchmark.plan)
     return f"triton backend does not support device type {device.type!r}"
 
 

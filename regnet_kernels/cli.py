@@ -1,4 +1,4 @@
-"""``python -m regnet_kernels {info,check,bench,sweep,pick}``."""
+"""``python -m regnet_kernels {info,check,bench,sweep,pick,aot}``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,12 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     return pick_main(args)
 
 
+def _cmd_aot(args: argparse.Namespace) -> int:
+    from regnet_kernels.benchmark.aot import main as aot_main
+
+    return aot_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m regnet_kernels", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     pick = sub.add_parser("pick", help="the most accurate variant within a latency (and memory) budget here")
     add_pick_arguments(pick)
     pick.set_defaults(func=_cmd_pick)
+
+    from regnet_kernels.benchmark.aot import add_arguments as add_aot_arguments
+
+    aot = sub.add_parser("aot", help="compile every planned Triton kernel for sm_90/sm_80 (no GPU needed); "
+                                     "registers, spills, tensor-core use and a per-launch performance model")
+    add_aot_arguments(aot)
+    aot.set_defaults(func=_cmd_aot)
     return p
 
 

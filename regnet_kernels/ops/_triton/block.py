@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels._triton_utils import launch_device
-from regnet_kernels.ops._triton.bn import _ew_config, collapsible, pixel_strides
+from regnet_kernels._triton_utils import launch, target
+from regnet_kernels.ops._triton import config as _cfg
+from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
 from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
 
 
@@ -128,14 +129,13 @@ def tail_forward(yc: torch.Tensor, shortcut: torch.Tensor, bn_c, bn_p=None) -> t
     shortcut = collapsible(shortcut, yc)
     out = torch.empty_like(yc)
     M = N * H * W
-    BM, BC = _ew_config(M, C)
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(yc.device))
     p = bn_p[:3] if bn_p is not None else bn_c[:3]
-    with launch_device(yc.device, "block_tail_fwd_kernel"):
-        block_tail_fwd_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            yc, shortcut, out, *bn_c[:3], *p, M, C, H * W,
-            *pixel_strides(yc), *pixel_strides(shortcut), *pixel_strides(out),
-            HAS_PROJ=bn_p is not None, BLOCK_M=BM, BLOCK_C=BC,
-        )
+    launch(block_tail_fwd_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), yc.device)(
+        yc, shortcut, out, *bn_c[:3], *p, M, C, H * W,
+        *pixel_strides(yc), *pixel_strides(shortcut), *pixel_strides(out),
+        HAS_PROJ=bn_p is not None, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     return out
 
 
@@ -147,25 +147,23 @@ def tail_backward(dout: torch.Tensor, yc: torch.Tensor, shortcut: torch.Tensor, 
     M = N * H * W
     dout = collapsible(dout, yc)
     shortcut = collapsible(shortcut, yc)
-    BM, BC = _ew_config(M, C)
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(yc.device))
     T = triton.cdiv(M, BM)
     has_proj = bn_p is not None
     p = bn_p if has_proj else bn_c
     part = torch.zeros((3, T, C), device=yc.device, dtype=torch.float32)
     grid = (T, triton.cdiv(C, BC))
     strides = (*pixel_strides(dout), *pixel_strides(yc), *pixel_strides(shortcut))
-    with launch_device(yc.device, "block_tail_bwd_reduce_kernel"):
-        block_tail_bwd_reduce_kernel[grid](
-            dout, yc, shortcut, part, *bn_c, *p, M, C, H * W, T, *strides,
-            HAS_PROJ=has_proj, BLOCK_M=BM, BLOCK_C=BC,
-        )
+    launch(block_tail_bwd_reduce_kernel, grid, yc.device)(
+        dout, yc, shortcut, part, *bn_c, *p, M, C, H * W, T, *strides,
+        HAS_PROJ=has_proj, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     sums = part.sum(1)
     dyc = torch.empty_like(yc)
     dsc = torch.empty_like(yc) if has_proj else torch.empty_like(shortcut, dtype=yc.dtype)
-    with launch_device(yc.device, "block_tail_bwd_dy_kernel"):
-        block_tail_bwd_dy_kernel[grid](
-            dout, yc, shortcut, dyc, dsc, sums, *bn_c, *p, 1.0 / M, M, C, H * W, *strides,
-            *pixel_strides(dyc), *pixel_strides(dsc),
-            HAS_PROJ=has_proj, BLOCK_M=BM, BLOCK_C=BC,
-        )
+    launch(block_tail_bwd_dy_kernel, grid, yc.device)(
+        dout, yc, shortcut, dyc, dsc, sums, *bn_c, *p, 1.0 / M, M, C, H * W, *strides,
+        *pixel_strides(dyc), *pixel_strides(dsc),
+        HAS_PROJ=has_proj, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     return dyc, dsc, sums

@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
-from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
+from regnet_kernels._triton_utils import launch, target
+from regnet_kernels.ops._triton import config as _cfg
 
 
 @triton.jit
@@ -233,39 +234,31 @@ def collapsible(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
-def _ew_config(M: int, C: int) -> tuple:
-    bc = min(64, max(16, next_pow2(C)))
-    bm = 64 if INTERPRET else max(32, 4096 // bc)
-    return bm, bc
-
-
 def bn_finalize(part_mean, part_m2, m_total: int, rows_per_tile: int, gamma, beta, eps: float):
     """Per-channel fp32 ``(mean, invstd, var_unbiased, scale, bias)`` from the conv's partials, where
     ``BN(y) = (y - mean) * scale + bias`` (``scale = gamma * invstd``, ``bias = beta``)."""
     T, C = part_mean.shape
     dev = part_mean.device
     outs = [torch.empty(C, device=dev, dtype=torch.float32) for _ in range(5)]
-    BC = min(128, max(16, next_pow2(C)))
-    BT = min(64 if not INTERPRET else 256, max(2, next_pow2(T)))
-    with launch_device(dev, "bn_finalize_kernel"):
-        bn_finalize_kernel[(triton.cdiv(C, BC),)](
-            part_mean, part_m2, T, m_total, rows_per_tile, C,
-            gamma if gamma is not None else part_mean, beta if beta is not None else part_mean, float(eps),
-            *outs,
-            HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None, BLOCK_T=BT, BLOCK_C=BC,
-        )
+    BT, BC, nw, ns = _cfg.bn_finalize_config(T, C, target(dev))
+    launch(bn_finalize_kernel, (triton.cdiv(C, BC),), dev)(
+        part_mean, part_m2, T, m_total, rows_per_tile, C,
+        gamma if gamma is not None else part_mean, beta if beta is not None else part_mean, float(eps),
+        *outs,
+        HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None, BLOCK_T=BT, BLOCK_C=BC,
+        num_warps=nw, num_stages=ns,
+    )
     return tuple(outs)
 
 
 def bn_running_update(running_mean, running_var, num_batches_tracked, mean, var_unb, momentum: float,
                       cumulative: bool) -> None:
     C = running_mean.numel()
-    BC = min(1024, max(16, next_pow2(C)))
-    with launch_device(running_mean.device, "bn_running_update_kernel"):
-        bn_running_update_kernel[(triton.cdiv(C, BC),)](
-            running_mean, running_var, num_batches_tracked if cumulative else running_mean,
-            mean, var_unb, C, float(momentum), CUMULATIVE=cumulative, BLOCK_C=BC,
-        )
+    _, BC, nw, ns = _cfg.bn_running_update_config(C, target(running_mean.device))
+    launch(bn_running_update_kernel, (triton.cdiv(C, BC),), running_mean.device)(
+        running_mean, running_var, num_batches_tracked if cumulative else running_mean,
+        mean, var_unb, C, float(momentum), CUMULATIVE=cumulative, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
 
 
 def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> torch.Tensor:
@@ -274,12 +267,11 @@ def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> tor
     if out is None:
         out = torch.empty_like(y)
     M = N * H * W
-    BM, BC = _ew_config(M, C)
-    with launch_device(y.device, "bn_act_kernel"):
-        bn_act_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            y, out, *affine, M, C, H * W, *pixel_strides(y), *pixel_strides(out),
-            RELU=relu, BLOCK_M=BM, BLOCK_C=BC,
-        )
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(y.device))
+    launch(bn_act_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), y.device)(
+        y, out, *affine, M, C, H * W, *pixel_strides(y), *pixel_strides(out),
+        RELU=relu, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     return out
 
 
@@ -293,22 +285,21 @@ def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None,
     N, C, H, W = src.shape
     M = N * H * W
     dout = collapsible(dout, src)
-    BM, BC = _ew_config(M, C)
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(src.device))
     T = triton.cdiv(M, BM)
     part = torch.empty((2 if train else 1, T, C), device=src.device, dtype=torch.float32)
     dz = torch.empty_like(src, dtype=dout.dtype) if write_dz else None
     f32 = part  # placeholder pointer for unused per-channel operands
-    with launch_device(src.device, "bn_bwd_reduce_kernel"):
-        bn_bwd_reduce_kernel[(T, triton.cdiv(C, BC))](
-            dout, src, dz if write_dz else dout,
-            mean if mean is not None else f32, invstd if invstd is not None else f32,
-            scale if scale is not None else f32, bias if bias is not None else f32,
-            gate if gate is not None else f32, dpooled if dpooled is not None else f32,
-            part[0], part[1] if train else part[0], M, C, H * W, 1.0 / (H * W),
-            *pixel_strides(dout), *pixel_strides(src), *pixel_strides(dz if write_dz else dout),
-            RELU=relu, TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
-            BLOCK_M=BM, BLOCK_C=BC,
-        )
+    launch(bn_bwd_reduce_kernel, (T, triton.cdiv(C, BC)), src.device)(
+        dout, src, dz if write_dz else dout,
+        mean if mean is not None else f32, invstd if invstd is not None else f32,
+        scale if scale is not None else f32, bias if bias is not None else f32,
+        gate if gate is not None else f32, dpooled if dpooled is not None else f32,
+        part[0], part[1] if train else part[0], M, C, H * W, 1.0 / (H * W),
+        *pixel_strides(dout), *pixel_strides(src), *pixel_strides(dz if write_dz else dout),
+        RELU=relu, TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
+        BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     # separate reductions: the sums become op outputs, which must not share storage
     return part[0].sum(0), (part[1].sum(0) if train else None), dz
 
@@ -319,13 +310,13 @@ def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, c
     M = N * H * W
     dout = collapsible(dout, y)
     dy = torch.empty_like(y, dtype=out_dtype or dout.dtype)
-    BM, BC = _ew_config(M, C)
-    with launch_device(y.device, "bn_bwd_dy_kernel"):
-        bn_bwd_dy_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx,
-            gate if gate is not None else mean, dpooled if dpooled is not None else mean,
-            1.0 / count, M, C, H * W, 1.0 / (H * W),
-            *pixel_strides(dout), *pixel_strides(y), *pixel_strides(dy),
-            RELU=relu, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
-        )
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(y.device))
+    launch(bn_bwd_dy_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), y.device)(
+        dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx,
+        gate if gate is not None else mean, dpooled if dpooled is not None else mean,
+        1.0 / count, M, C, H * W, 1.0 / (H * W),
+        *pixel_strides(dout), *pixel_strides(y), *pixel_strides(dy),
+        RELU=relu, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
+        num_warps=nw, num_stages=ns,
+    )
     return dy

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu
-from regnet_kernels._triton_utils import INTERPRET, dot_in_fp32, ieee_dot, launch_device, next_pow2, num_sms
+from regnet_kernels._triton_utils import dot_in_fp32, ieee_dot, launch, target
+from regnet_kernels.ops._triton import config as _cfg
 
 
 @triton.jit
@@ -326,15 +327,6 @@ def _out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def _fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, device: torch.device) -> tuple:
-    block_n = min(64, max(16, next_pow2(c_out)))
-    span = min(c_out, block_n + cout_g) // cout_g + 1  # groups a tile can span
-    block_k = min(64, max(16, next_pow2(min(span * cin_g, 64))))
-    block_m = 64 if (INTERPRET or M <= 4096) else 128
-    num_warps = 4 if block_m * block_n <= 64 * 64 else 8
-    return block_m, block_n, block_k, num_warps
-
-
 def empty_like_format(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """Allocate ``shape`` in ``t``'s memory format (channels_last stays channels_last)."""
     cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
@@ -372,35 +364,35 @@ def conv2d_fwd(
     M = N * HO * WO
     if out is None:
         out = empty_like_format(x, (N, C_out, HO, WO))
-    BM, BN, BK, nw = _fwd_config(M, C_out, cin_g, cout_g, x.device)
+    tgt = target(x.device)
+    BM, BN, BK, nw, ns = _cfg.conv_fwd_config(M, C_out, cin_g, cout_g, KH, KW, x.element_size(), tgt)
     grid = (triton.cdiv(M, BM), triton.cdiv(C_out, BN))
     part_mean = part_m2 = None
     if stats:
         part_mean = torch.empty((grid[0], C_out), device=x.device, dtype=torch.float32)
         part_m2 = torch.empty_like(part_mean)
     dummy = x  # never read when its flag is off
-    with launch_device(x.device, "conv_fwd_kernel"):
-        conv_fwd_kernel[grid](
-            x, weight, out,
-            *(pre_affine if pre_affine is not None else (dummy,) * 3),
-            gate if gate is not None else dummy,
-            *((post_bn[0], post_bn[1], post_bn[2] if post_bn[2] is not None else dummy,
-               post_bn[3] if post_bn[3] is not None else dummy, float(post_bn[4]))
-              if post_bn is not None else (dummy, dummy, dummy, dummy, 0.0)),
-            residual if residual is not None else dummy,
-            part_mean if stats else dummy, part_m2 if stats else dummy,
-            N, C_in, H, W, C_out, HO, WO,
-            *x.stride(), *out.stride(), *(residual.stride() if residual is not None else (0, 0, 0, 0)),
-            *weight.stride(),
-            cin_g, cout_g,
-            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
-            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
-            POST_BN=post_bn is not None, BN_GAMMA=post_bn is not None and post_bn[2] is not None,
-            BN_BETA=post_bn is not None and post_bn[3] is not None,
-            HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
-            DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
-        )
+    launch(conv_fwd_kernel, grid, x.device)(
+        x, weight, out,
+        *(pre_affine if pre_affine is not None else (dummy,) * 3),
+        gate if gate is not None else dummy,
+        *((post_bn[0], post_bn[1], post_bn[2] if post_bn[2] is not None else dummy,
+           post_bn[3] if post_bn[3] is not None else dummy, float(post_bn[4]))
+          if post_bn is not None else (dummy, dummy, dummy, dummy, 0.0)),
+        residual if residual is not None else dummy,
+        part_mean if stats else dummy, part_m2 if stats else dummy,
+        N, C_in, H, W, C_out, HO, WO,
+        *x.stride(), *out.stride(), *(residual.stride() if residual is not None else (0, 0, 0, 0)),
+        *weight.stride(),
+        cin_g, cout_g,
+        STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+        PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+        POST_BN=post_bn is not None, BN_GAMMA=post_bn is not None and post_bn[2] is not None,
+        BN_BETA=post_bn is not None and post_bn[3] is not None,
+        HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
+        DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns,
+    )
     return out, part_mean, part_m2, BM
 
 
@@ -413,19 +405,19 @@ def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, p
     HO, WO = dy.shape[2], dy.shape[3]
     dx = empty_like_format(like, (N, C_in, H, W), dtype=like.dtype)
     M = N * H * W
-    BM, BN, BK, nw = _fwd_config(M, C_in, cout_g, cin_g, dy.device)
+    tgt = target(dy.device)
+    BM, BN, BK, nw, ns = _cfg.conv_dgrad_config(M, C_in, cin_g, cout_g, KH, KW, dy.element_size(), tgt)
     grid = (triton.cdiv(M, BM), triton.cdiv(C_in, BN))
-    with launch_device(dy.device, "conv_dgrad_kernel"):
-        conv_dgrad_kernel[grid](
-            dy, weight, dx, add if add is not None else dx,
-            N, C_in, H, W, C_out, HO, WO,
-            *dy.stride(), *dx.stride(), *(add.stride() if add is not None else (0, 0, 0, 0)),
-            *weight.stride(),
-            cin_g, cout_g,
-            STRIDE=stride, PAD=padding, KH=KH, KW=KW, HAS_ACC=add is not None,
-            DOT_F32=dot_in_fp32(dy.dtype), IEEE=ieee_dot(dy.dtype),
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
-        )
+    launch(conv_dgrad_kernel, grid, dy.device)(
+        dy, weight, dx, add if add is not None else dx,
+        N, C_in, H, W, C_out, HO, WO,
+        *dy.stride(), *dx.stride(), *(add.stride() if add is not None else (0, 0, 0, 0)),
+        *weight.stride(),
+        cin_g, cout_g,
+        STRIDE=stride, PAD=padding, KH=KH, KW=KW, HAS_ACC=add is not None,
+        DOT_F32=dot_in_fp32(dy.dtype, tgt.interpret), IEEE=ieee_dot(dy.dtype),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns,
+    )
     return dx
 
 
@@ -437,39 +429,24 @@ def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, p
     cout_g = C_out // groups
     HO, WO = dy.shape[2], dy.shape[3]
     M = N * HO * WO
-    BCO = min(64, max(16, next_pow2(C_out)))
-    span = min(C_out, BCO + cout_g) // cout_g + 1
-    BCI = min(64, max(16, next_pow2(min(span * cin_g, 64))))
-    BM = 32 if INTERPRET else 64
-    n_co = triton.cdiv(C_out, BCO)
-    # widest input-channel range any output tile spans, in BLOCK_CI chunks
-    max_ci = 0
-    for t in range(n_co):
-        c0, c1 = t * BCO, min((t + 1) * BCO, C_out) - 1
-        max_ci = max(max_ci, (c1 // cout_g - c0 // cout_g + 1) * cin_g)
-    n_ci = triton.cdiv(max_ci, BCI)
-    base_programs = n_co * n_ci * KH * KW
-    target = 4 * num_sms(x.device)
-    split = max(1, min(triton.cdiv(M, BM * 4), triton.cdiv(target, base_programs)))
-    if INTERPRET:
-        split = min(split, 2)
-    m_per_split = triton.cdiv(triton.cdiv(M, split), BM) * BM
-    split = triton.cdiv(M, m_per_split)
+    tgt = target(x.device)
+    cfg = _cfg.conv_wgrad_config(M, C_out, cin_g, cout_g, KH, KW, x.element_size(), tgt)
+    split, m_per_split = cfg.split, cfg.m_per_split
     # every (split, co, ci_l, tap) entry is written by exactly one program
     ws = torch.empty((split, C_out, cin_g, KH, KW), device=x.device, dtype=torch.float32)
-    grid = (n_co, n_ci, KH * KW * split)
+    grid = (cfg.n_co, cfg.n_ci, KH * KW * split)
     dummy = x
-    with launch_device(x.device, "conv_wgrad_kernel"):
-        conv_wgrad_kernel[grid](
-            x, dy, ws,
-            *(pre_affine if pre_affine is not None else (dummy,) * 3),
-            gate if gate is not None else dummy,
-            N, C_in, H, W, C_out, HO, WO,
-            *x.stride(), *dy.stride(),
-            cin_g, cout_g, m_per_split,
-            STRIDE=stride, PAD=padding, KH=KH, KW=KW,
-            PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
-            DOT_F32=dot_in_fp32(x.dtype), IEEE=ieee_dot(x.dtype),
-            BLOCK_CO=BCO, BLOCK_CI=BCI, BLOCK_M=BM, num_warps=4,
-        )
+    launch(conv_wgrad_kernel, grid, x.device)(
+        x, dy, ws,
+        *(pre_affine if pre_affine is not None else (dummy,) * 3),
+        gate if gate is not None else dummy,
+        N, C_in, H, W, C_out, HO, WO,
+        *x.stride(), *dy.stride(),
+        cin_g, cout_g, m_per_split,
+        STRIDE=stride, PAD=padding, KH=KH, KW=KW,
+        PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+        DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
+        BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_M=cfg.block_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
     return ws[0] if split == 1 else ws.sum(0)

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu, relu_grad
-from regnet_kernels._triton_utils import INTERPRET, launch_device, next_pow2
+from regnet_kernels._triton_utils import launch, target
+from regnet_kernels.ops._triton import config as _cfg
 from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
 
 
@@ -187,39 +188,26 @@ def se_dx_kernel(
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
-def _reduce_cfg(HW: int, C: int) -> tuple:
-    bc = min(64, max(16, next_pow2(C)))
-    bhw = 64 if INTERPRET else max(16, min(256, 8192 // bc))
-    return bhw, bc
-
-
 def _channel_sum(x: torch.Tensor, w, factor: float, pre_affine, pre_relu: bool, label: str) -> torch.Tensor:
     N, C, H, W = x.shape
     x = collapsible(x, x)
     w = collapsible(w, x) if w is not None else None
     out = torch.empty((N, C), device=x.device, dtype=torch.float32)
-    BHW, BC = _reduce_cfg(H * W, C)
+    BHW, BC, nw, ns = _cfg.channel_sum_config(H * W, C, target(x.device))
     aff = pre_affine if pre_affine is not None else (out,) * 3
     # (the launch counter keeps the pool / gate-gradient names: they are two different passes)
-    with launch_device(x.device, label):
-        se_channel_sum_kernel[(N, triton.cdiv(C, BC))](
-            x, w if w is not None else x, out, *aff, C, H * W, *pixel_strides(x),
-            *(pixel_strides(w) if w is not None else (0, 0, 0)), factor,
-            HAS_W=w is not None, PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
-        )
+    launch(se_channel_sum_kernel, (N, triton.cdiv(C, BC)), x.device, label)(
+        x, w if w is not None else x, out, *aff, C, H * W, *pixel_strides(x),
+        *(pixel_strides(w) if w is not None else (0, 0, 0)), factor,
+        HAS_W=w is not None, PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
+        num_warps=nw, num_stages=ns,
+    )
     return out
 
 
 def se_pool(x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
     """``(N, C)`` fp32 spatial mean of ``x`` (of ``relu(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
     return _channel_sum(x, None, 1.0 / (x.shape[2] * x.shape[3]), pre_affine, pre_relu, "se_pool_kernel")
-
-
-def _fc_cfg(N: int, C: int, S: int) -> tuple:
-    bn = 16 if (INTERPRET or N <= 16) else 32
-    bs = min(64, max(16, next_pow2(S)))
-    bc = min(64, max(16, next_pow2(C)))
-    return bn, bs, bc
 
 
 def _flat(w: torch.Tensor) -> torch.Tensor:
@@ -233,12 +221,12 @@ def se_fc(pooled: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
     S = w1f.shape[0]
     s1 = torch.empty((N, S), device=pooled.device, dtype=torch.float32)
     gate = torch.empty((N, C), device=pooled.device, dtype=torch.float32)
-    BN, BS, BC = _fc_cfg(N, C, S)
-    with launch_device(pooled.device, "se_fc_fwd_kernel"):
-        se_fc_fwd_kernel[(triton.cdiv(N, BN),)](
-            pooled, w1f, b1 if b1 is not None else w1f, w2f, b2 if b2 is not None else w2f, s1, gate, N, C, S,
-            HAS_B1=b1 is not None, HAS_B2=b2 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC,
-        )
+    BN, BS, BC, nw, ns = _cfg.se_fc_config(N, C, S, target(pooled.device))
+    launch(se_fc_fwd_kernel, (triton.cdiv(N, BN),), pooled.device)(
+        pooled, w1f, b1 if b1 is not None else w1f, w2f, b2 if b2 is not None else w2f, s1, gate, N, C, S,
+        HAS_B1=b1 is not None, HAS_B2=b2 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC,
+        num_warps=nw, num_stages=ns,
+    )
     return gate
 
 
@@ -252,21 +240,14 @@ def se_fc_backward(pooled, gate, dgate, w1, b1, w2, need_b1: bool, need_b2: bool
     ds1 = torch.empty((N, S), device=dev, dtype=torch.float32)
     ds2 = torch.empty((N, C), device=dev, dtype=torch.float32)
     dpooled = torch.empty((N, C), device=dev, dtype=torch.float32)
-    BN, BS, BC = _fc_cfg(N, C, S)
-    with launch_device(dev, "se_fc_bwd_kernel"):
-        se_fc_bwd_kernel[(triton.cdiv(N, BN),)](
-            pooled, gate, dgate, w1f, b1 if b1 is not None else w1f, w2f, s1, ds2, ds1, dpooled, N, C, S,
-            HAS_B1=b1 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC,
-        )
+    BN, BS, BC, nw, ns = _cfg.se_fc_config(N, C, S, target(dev))
+    launch(se_fc_bwd_kernel, (triton.cdiv(N, BN),), dev)(
+        pooled, gate, dgate, w1f, b1 if b1 is not None else w1f, w2f, s1, ds2, ds1, dpooled, N, C, S,
+        HAS_B1=b1 is not None, BLOCK_N=BN, BLOCK_S=BS, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     dw2 = ds2.t().mm(s1.clamp_min(0.0))  # (C, S)
     dw1 = ds1.t().mm(pooled)  # (S, C)
     return dpooled, dw1, (ds1.sum(0) if need_b1 else None), dw2, (ds2.sum(0) if need_b2 else None)
-
-
-def _ew_cfg(C: int) -> tuple:
-    bc = min(64, max(16, next_pow2(C)))
-    bm = 64 if INTERPRET else max(32, 4096 // bc)
-    return bm, bc
 
 
 def se_scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -274,11 +255,11 @@ def se_scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     x = collapsible(x, x)
     out = torch.empty_like(x)
     M = N * H * W
-    BM, BC = _ew_cfg(C)
-    with launch_device(x.device, "se_scale_kernel"):
-        se_scale_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            x, gate, out, M, C, H * W, *pixel_strides(x), *pixel_strides(out), BLOCK_M=BM, BLOCK_C=BC,
-        )
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(x.device))
+    launch(se_scale_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), x.device)(
+        x, gate, out, M, C, H * W, *pixel_strides(x), *pixel_strides(out), BLOCK_M=BM, BLOCK_C=BC,
+        num_warps=nw, num_stages=ns,
+    )
     return out
 
 
@@ -293,10 +274,9 @@ def se_dx(dout: torch.Tensor, gate: torch.Tensor, dpooled: torch.Tensor, like: t
     dx = torch.empty_like(like, dtype=dout.dtype)
     dx = collapsible(dx, like)
     M = N * H * W
-    BM, BC = _ew_cfg(C)
-    with launch_device(like.device, "se_dx_kernel"):
-        se_dx_kernel[(triton.cdiv(M, BM), triton.cdiv(C, BC))](
-            dout, gate, dpooled, dx, M, C, H * W, 1.0 / (H * W), *pixel_strides(dout), *pixel_strides(dx),
-            BLOCK_M=BM, BLOCK_C=BC,
-        )
+    BM, BC, nw, ns = _cfg.ew_config(M, C, target(like.device))
+    launch(se_dx_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), like.device)(
+        dout, gate, dpooled, dx, M, C, H * W, 1.0 / (H * W), *pixel_strides(dout), *pixel_strides(dx),
+        BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+    )
     return dx

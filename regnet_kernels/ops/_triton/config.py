@@ -1,0 +1,198 @@
+"""Every launch configuration of the Triton kernels: tile sizes, ``num_warps``, ``num_stages``, split-K.
+
+One home for these choices. The launchers in this package call these functions at run time, and the
+ahead-of-time plan (:mod:`regnet_kernels.benchmark.plan`) reaches them through the very same
+launchers, so what the plan compiles is what a GPU run launches. The functions are pure: shapes and a
+:class:`Target` in, a config out; no torch, no triton, no device queries.
+
+The ``Target`` says where the kernel runs: under the Triton interpreter (CPU tests) tiles stay small
+because the interpreter is slow per program and numpy has no bf16 dot; on a GPU the tiles are sized
+so that no specialisation the zoo launches spills registers (checked in CI by ``tests/test_aot.py``,
+which compiles every specialisation of regnet_y_400mf for sm_90 and reads the cubin).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "Target",
+    "GPU_SMS",
+    "next_pow2",
+    "ConvConfig",
+    "WgradConfig",
+    "conv_fwd_config",
+    "conv_dgrad_config",
+    "conv_wgrad_config",
+    "ew_config",
+    "channel_sum_config",
+    "se_fc_config",
+    "bn_finalize_config",
+    "bn_running_update_config",
+]
+
+#: Streaming multiprocessors of the planned targets (H100 SXM / H200: 132; A100: 108).
+GPU_SMS = {90: 132, 80: 108}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a launch runs: ``interpret`` (Triton interpreter on CPU), ``num_sms``, compute capability
+    ``arch`` (``90`` for sm_90; ``0`` when unknown or interpreting)."""
+
+    interpret: bool
+    num_sms: int
+    arch: int = 0
+
+    @classmethod
+    def gpu(cls, arch: int = 90) -> "Target":
+        return cls(False, GPU_SMS.get(arch, 132), arch)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _clamp_pow2(n: int, lo: int, hi: int) -> int:
+    """``next_pow2(n)`` clamped to ``[lo, hi]`` (the tile rule used throughout)."""
+    return min(hi, max(lo, next_pow2(n)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolutions (implicit GEMM)
+# ------------------------------------------------------------------------------------------------
+class ConvConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def _packed_k(n_cols: int, block_n: int, k_g: int, n_g: int) -> int:
+    """``BLOCK_K`` for a tile of ``block_n`` columns packing groups of ``n_g`` columns / ``k_g`` reduction
+    channels: the reduction range a tile spans, capped at 64."""
+    span = min(n_cols, block_n + n_g) // n_g + 1  # groups a tile can span
+    return _clamp_pow2(min(span * k_g, 64), 16, 64)
+
+
+def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem_bytes: int,
+                 target: Target) -> ConvConfig:
+    block_n = _clamp_pow2(n_cols, 16, 64)
+    block_k = _packed_k(n_cols, block_n, k_g, n_g)
+    if target.interpret:
+        return ConvConfig(64, block_n, block_k, 4, 1)
+    block_m = 64 if M <= 4096 else 128
+    # 8 warps for 128-row tiles: 128 x 32 with 4 warps spilled at 255 registers (the stem, sm_90)
+    num_warps = 4 if block_m == 64 else 8
+    # The conv main loops load their operands element by element (masked, group-packed gathers), so the
+    # reduction tile sets the register budget: BLOCK_K 64 with 3 stages spilled 2-3 KB per thread at 255
+    # registers (sm_90, regnet_y_400mf). Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both
+    # double-buffered: 0 spills, wgmma kept. (Whether 16 costs tensor-core rate needs a GPU to judge.)
+    block_k = min(block_k, 16 if kh * kw > 1 else 32)
+    return ConvConfig(block_m, block_n, block_k, num_warps, 2)
+
+
+def conv_fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
+                    target: Target) -> ConvConfig:
+    """Forward conv: rows ``M = N*Ho*Wo`` output pixels, columns = ``c_out`` output channels, reduction over
+    the ``cin_g`` input channels of the groups a tile spans (groups of ``cout_g`` columns)."""
+    return _conv_config(M, c_out, cin_g, cout_g, kh, kw, elem_bytes, target)
+
+
+def conv_dgrad_config(M: int, c_in: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
+                      target: Target) -> ConvConfig:
+    """Data gradient: rows ``M = N*H*W`` input pixels, columns = ``c_in`` input channels, reduction over the
+    ``cout_g`` output channels of the spanned groups (groups of ``cin_g`` columns)."""
+    return _conv_config(M, c_in, cout_g, cin_g, kh, kw, elem_bytes, target)
+
+
+class WgradConfig(NamedTuple):
+    block_co: int
+    block_ci: int
+    block_m: int
+    n_co: int
+    n_ci: int
+    split: int
+    m_per_split: int
+    num_warps: int
+    num_stages: int
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
+                      target: Target) -> WgradConfig:
+    """Weight gradient: a tile of ``block_co`` output x ``block_ci`` input channels per tap; the pixel
+    reduction ``M = N*Ho*Wo`` is split ``split`` ways (split-K) so that the grid fills the GPU."""
+    # on a GPU the output-channel side is the dot's M: wgmma needs 64 rows per warpgroup
+    bco = _clamp_pow2(c_out, 16 if target.interpret else 64, 64)
+    bci = _packed_k(c_out, bco, cin_g, cout_g)
+    bm = 32  # the pixel reduction per step: 64 spilled with the BN + gate prologue (sm_90)
+    n_co = _cdiv(c_out, bco)
+    # widest input-channel range any output tile spans, in BLOCK_CI chunks
+    max_ci = 0
+    for t in range(n_co):
+        c0, c1 = t * bco, min((t + 1) * bco, c_out) - 1
+        max_ci = max(max_ci, (c1 // cout_g - c0 // cout_g + 1) * cin_g)
+    n_ci = _cdiv(max_ci, bci)
+    base_programs = n_co * n_ci * kh * kw
+    split = max(1, min(_cdiv(M, bm * 4), _cdiv(4 * target.num_sms, base_programs)))
+    if target.interpret:
+        split = min(split, 2)
+    m_per_split = _cdiv(_cdiv(M, split), bm) * bm
+    split = _cdiv(M, m_per_split)
+    return WgradConfig(bco, bci, bm, n_co, n_ci, split, m_per_split, 4, 1 if target.interpret else 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Element-wise passes, reductions and the small SE / BN kernels
+# ------------------------------------------------------------------------------------------------
+class TileConfig(NamedTuple):
+    block_m: int
+    block_c: int
+    num_warps: int
+    num_stages: int
+
+
+def ew_config(M: int, C: int, target: Target) -> TileConfig:
+    """(pixels x channels) element-wise and per-channel-reduction passes: BN apply and backward, SE scale,
+    the residual tail."""
+    bc = _clamp_pow2(C, 16, 64)
+    bm = 64 if target.interpret else max(32, 4096 // bc)
+    # 8 warps on a GPU: the residual tail's backward reached 254 registers (and spilled) with 4
+    return TileConfig(bm, bc, 4 if target.interpret else 8, 1 if target.interpret else 3)
+
+
+def channel_sum_config(HW: int, C: int, target: Target) -> TileConfig:
+    """Per-(sample, channel) spatial sums (SE pool, SE gate gradient): ``block_m`` pixels per step."""
+    bc = _clamp_pow2(C, 16, 64)
+    bhw = 64 if target.interpret else max(16, min(256, 8192 // bc))
+    return TileConfig(bhw, bc, 4, 1 if target.interpret else 3)
+
+
+class FcConfig(NamedTuple):
+    block_n: int
+    block_s: int
+    block_c: int
+    num_warps: int
+    num_stages: int
+
+
+def se_fc_config(N: int, C: int, S: int, target: Target) -> FcConfig:
+    """Both SE FCs for ``block_n`` samples per program (squeeze width ``S``, ``C`` channels)."""
+    bn = 16  # 32 samples per program spilled (255 registers, up to 1.3 KB per thread) on sm_90
+    return FcConfig(bn, _clamp_pow2(S, 16, 64), _clamp_pow2(C, 16, 64), 4, 1 if target.interpret else 3)
+
+
+def bn_finalize_config(T: int, C: int, target: Target) -> TileConfig:
+    """BN finalize over ``T`` per-tile partials of ``C`` channels: ``block_m`` partials per step."""
+    bc = _clamp_pow2(C, 16, 128)
+    bt = min(256 if target.interpret else 64, max(2, next_pow2(T)))
+    return TileConfig(bt, bc, 4, 1 if target.interpret else 3)
+
+
+def bn_running_update_config(C: int, target: Target) -> TileConfig:
+    return TileConfig(1, _clamp_pow2(C, 16, 1024), 4, 1 if target.interpret else 3)
