@@ -213,7 +213,9 @@ class RegNetParams:
         if last > MAX_WIDTH:
             raise ValueError(f"w_a={self.w_a!r} is too large: the last block's width w_0 + w_a * (depth - 1) = "
                              f"{last:.6g} exceeds {MAX_WIDTH} channels")
-        if self.rounding == "torchvision" and not 1 < torch.tensor(float(self.w_m), dtype=torch.float32).item() < math.inf:
+        # (on the CPU explicitly: models are also built under a meta default device, e.g. by the launch plan)
+        w_m32 = torch.tensor(float(self.w_m), dtype=torch.float32, device="cpu").item()
+        if self.rounding == "torchvision" and not 1 < w_m32 < math.inf:
             raise ValueError(f"w_m must be > 1 and finite in float32 (torchvision rounding computes in float32), got "
                              f"{self.w_m!r}")
         widths = self.block_widths()
