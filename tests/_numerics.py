@@ -1,4 +1,4 @@
-"""Numerics helpers: the flash-attention tolerance rule against a float64 oracle (DESIGN.md §4)."""
+"""Numerics helpers: the flash-attention tolerance rule against a float64 oracle (docs/numerics.md)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The traffic / roofline model against hand-computed layer figures and PERFORMANCE.md's floor table."""
+"""The traffic / roofline model against hand-computed layer figures and the floor table of docs/performance.md."""
 from __future__ import annotations
 
 import pytest
@@ -171,7 +171,7 @@ def _stem_macs(name):
 
 @pytest.mark.parametrize("model", sorted(R.PUBLISHED_FLOORS))
 def test_calibration_against_performance_md(model):
-    """PERFORMANCE.md's floors (224px, bf16, batch 256, H100 SXM spec): within 4 % everywhere.
+    """The floors of docs/performance.md (224px, bf16, batch 256, H100 SXM spec): within 4 % everywhere.
 
     Inference and eager training land within 0.3 %; fused training sits 2.6-3.3 % above the table:
     our fused backward also reads the block output for the tail ReLU's mask in the BN reduction.
@@ -199,7 +199,7 @@ def test_bn_relu_share_of_eager_inference_bytes(model):
     t = R.model_traffic(model, regime="eager", mode="infer", batch=256)
     ops = t.bytes_by_op()
     share = (ops["bn"] + ops["relu"]) / t.bytes
-    assert 0.51 <= share <= 0.59  # PERFORMANCE.md: "BN + ReLU are 52-58% of eager inference bytes"
+    assert 0.51 <= share <= 0.59  # docs/performance.md: "BN and ReLU alone are 52-58% of eager inference bytes"
 
 
 def test_regime_ordering_and_block_fused_training():

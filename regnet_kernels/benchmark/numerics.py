@@ -1,6 +1,6 @@
 """Numerics parity of every provider against eager at the same dtype and against a float64 reference.
 
-The rule is DESIGN.md §4's (flash-attention's): a provider passes when its error against float64 is at
+The rule is docs/numerics.md's (flash-attention's): a provider passes when its error against float64 is at
 most ``K`` times eager PyTorch's error at the same dtype against float64, plus a small floor. Errors
 are relative norms ``||got - ref|| / ||ref||``. Inference compares logits; training compares the loss
 and all parameter gradients as one vector after one forward + backward from identical weights (the

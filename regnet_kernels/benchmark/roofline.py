@@ -4,14 +4,14 @@ This is a *model*, not a measurement: pure integer arithmetic over the block spe
 :meth:`regnet_kernels.models.RegNetParams.blocks`, no tensors. Everything the report prints from
 here is labelled ``kind: "model"``.
 
-Regimes (PERFORMANCE.md's definitions):
+Regimes (defined in docs/performance.md):
 
 ``eager``
     Every op reads its inputs and writes its output: conv, BN, ReLU, pool, FC, sigmoid, mul, add,
     one kernel each, exactly what autograd runs.
 ``fused``
     Each conv reads its input once and writes its output once; BN statistics, ReLU, the SE pool and
-    the SE scale ride in conv prologues/epilogues (DESIGN.md §3).
+    the SE scale ride in conv prologues/epilogues (docs/architecture.md).
 ``block_fused``
     A whole bottleneck per pass (inference). RegNetY blocks take three launches, because the SE
     gate needs a global pool of conv b's output before conv c may start: pass 1 (a, b, pool),
@@ -29,7 +29,7 @@ Counting rules (all regimes):
   well under 0.1 %). The loss runs in fp32 (autocast does).
 * FLOPs: ``2 * MACs`` for every conv / FC forward, dgrad and wgrad; pointwise ops count 0.
 * Floor: each kernel costs ``max(bytes / bandwidth, flops / peak)``; the model's floor is the sum
-  over kernels (no two kernels overlap). This reproduces PERFORMANCE.md's floor table.
+  over kernels (no two kernels overlap). This reproduces the floor table of docs/performance.md.
 
 Training step = forward + backward + SGD(momentum) on fp32 master weights (read param, grad and
 momentum, write param and momentum: 20 bytes per parameter). Backward models:
@@ -41,7 +41,7 @@ momentum, write param and momentum: 20 bytes per parameter). Backward models:
   free, but a tensor used twice (block input: shortcut and conv a; SE input: pool and mul) gets
   its gradients summed by an add kernel; BN training forward is two kernels (statistics, then
   normalise), as in ATen.
-* fused (DESIGN.md §3): forward convs write only the pre-BN output and per-channel partial sums;
+* fused (docs/architecture.md): forward convs write only the pre-BN output and per-channel partial sums;
   a tiny finalize kernel makes the statistics; normalise + ReLU (+ SE scale) are applied as the
   next conv loads its input. In training two passes cannot be avoided: the SE pool (needs b's
   statistics) and the residual tail ``relu(BN(c) + shortcut)`` (needs c's statistics). Backward
@@ -52,7 +52,7 @@ momentum, write param and momentum: 20 bytes per parameter). Backward models:
   (one extra pass). The identity shortcut's gradient is added in conv a's dgrad epilogue; the
   projection's dgrad adds conv a's input gradient in its epilogue.
 
-Launches are counted per kernel (eager forward: one per op, as PERFORMANCE.md counts; BN training
+Launches are counted per kernel (eager forward: one per op, as docs/performance.md counts; BN training
 forward: two). The SGD step counts three multi-tensor launches (an approximation: chunking can add
 a few).
 """
@@ -102,7 +102,7 @@ class DeviceSpec:
         name: display name.
         hbm_tbps: HBM bandwidth from the datasheet, TB/s (1e12 bytes/s).
         hbm_tbps_measured: device-to-device copy bandwidth measured on this project's machines
-            (PERFORMANCE.md), TB/s, or None.
+            (docs/performance.md), TB/s, or None.
         tensor_tflops: dense bf16/fp16 tensor-core rate, TFLOP/s.
         tf32_tflops: dense TF32 tensor-core rate (what cuDNN uses for fp32 convs by default).
         fp32_tflops: non-tensor fp32 rate.
@@ -135,7 +135,7 @@ class DeviceSpec:
         return self.tensor_tflops / self.hbm_tbps
 
 
-#: PERFORMANCE.md's hardware table (TF32 = half the bf16 dense rate, from the same datasheets).
+#: the hardware table of docs/performance.md (TF32 = half the bf16 dense rate, from the same datasheets).
 DEVICES: Dict[str, DeviceSpec] = {
     "h100_sxm": DeviceSpec("h100_sxm", "H100 SXM", 3.35, 3.0, 989.0, 494.5, 67.0, 132, 50 * 2**20),
     "h100_pcie": DeviceSpec("h100_pcie", "H100 PCIe", 2.0, None, 756.0, 378.0, 51.0, 114, 50 * 2**20),
@@ -555,7 +555,7 @@ def model_traffic(
 
     Example:
         >>> t = model_traffic("regnet_y_400mf", regime="fused", batch=256)
-        >>> round(t.floor_ms(DEVICES["h100_sxm"]), 2)   # PERFORMANCE.md: 1.39 ms
+        >>> round(t.floor_ms(DEVICES["h100_sxm"]), 2)   # docs/performance.md: 1.39 ms
         1.39
     """
     if regime not in REGIMES:
@@ -743,7 +743,7 @@ def conv_bn_act_traffic(shape: ConvShape, *, regime: str = "fused", mode: str = 
     return ks
 
 
-#: PERFORMANCE.md's floor table (torchvision models, 224x224, bf16, batch 256, H100 SXM spec
+#: the floor table of docs/performance.md (torchvision models, 224x224, bf16, batch 256, H100 SXM spec
 #: bandwidth), in ms: ``{model: {(regime, mode): ms}}``. The model above is checked against it.
 PUBLISHED_FLOORS: Dict[str, Dict[Tuple[str, str], float]] = {
     "regnet_y_400mf": {("eager", "infer"): 4.27, ("fused", "infer"): 1.39, ("block_fused", "infer"): 0.80,
