@@ -77,7 +77,7 @@ def _packed_k(n_cols: int, block_n: int, k_g: int, n_g: int) -> int:
 
 
 def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem_bytes: int,
-                 target: Target) -> ConvConfig:
+                 target: Target, fused_io: bool = False) -> ConvConfig:
     block_n = _clamp_pow2(n_cols, 16, 64)
     block_k = _packed_k(n_cols, block_n, k_g, n_g)
     if target.interpret:
@@ -90,14 +90,19 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     # registers (sm_90, regnet_y_400mf). Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both
     # double-buffered: 0 spills, wgmma kept. (Whether 16 costs tensor-core rate needs a GPU to judge.)
     block_k = min(block_k, 16 if kh * kw > 1 else 32)
+    if fused_io:
+        # a gate in the prologue and a residual in the epilogue (the eval block's conv c) hold two more
+        # tiles live: BLOCK_K 32 spilled 8 B per thread at 255 registers (1x1, sm_90)
+        block_k = 16
     return ConvConfig(block_m, block_n, block_k, num_warps, 2)
 
 
 def conv_fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
-                    target: Target) -> ConvConfig:
+                    target: Target, fused_io: bool = False) -> ConvConfig:
     """Forward conv: rows ``M = N*Ho*Wo`` output pixels, columns = ``c_out`` output channels, reduction over
-    the ``cin_g`` input channels of the groups a tile spans (groups of ``cout_g`` columns)."""
-    return _conv_config(M, c_out, cin_g, cout_g, kh, kw, elem_bytes, target)
+    the ``cin_g`` input channels of the groups a tile spans (groups of ``cout_g`` columns). ``fused_io``: the
+    launch has both a gate prologue and a residual epilogue."""
+    return _conv_config(M, c_out, cin_g, cout_g, kh, kw, elem_bytes, target, fused_io)
 
 
 def conv_dgrad_config(M: int, c_in: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
@@ -184,7 +189,10 @@ class FcConfig(NamedTuple):
 def se_fc_config(N: int, C: int, S: int, target: Target) -> FcConfig:
     """Both SE FCs for ``block_n`` samples per program (squeeze width ``S``, ``C`` channels)."""
     bn = 16  # 32 samples per program spilled (255 registers, up to 1.3 KB per thread) on sm_90
-    return FcConfig(bn, _clamp_pow2(S, 16, 64), _clamp_pow2(C, 16, 64), 4, 1 if target.interpret else 3)
+    if target.interpret:
+        return FcConfig(bn, _clamp_pow2(S, 16, 64), _clamp_pow2(C, 16, 64), 4, 1)
+    # 64-wide channel and squeeze tiles with 3 stages spilled 36-376 B per thread (fwd and bwd, sm_90)
+    return FcConfig(bn, _clamp_pow2(S, 16, 32), _clamp_pow2(C, 16, 32), 4, 2)
 
 
 def bn_finalize_config(T: int, C: int, target: Target) -> TileConfig:

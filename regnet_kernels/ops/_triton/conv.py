@@ -365,7 +365,8 @@ def conv2d_fwd(
     if out is None:
         out = empty_like_format(x, (N, C_out, HO, WO))
     tgt = target(x.device)
-    BM, BN, BK, nw, ns = _cfg.conv_fwd_config(M, C_out, cin_g, cout_g, KH, KW, x.element_size(), tgt)
+    BM, BN, BK, nw, ns = _cfg.conv_fwd_config(M, C_out, cin_g, cout_g, KH, KW, x.element_size(), tgt,
+                                              fused_io=gate is not None and residual is not None)
     grid = (triton.cdiv(M, BM), triton.cdiv(C_out, BN))
     part_mean = part_m2 = None
     if stats:
