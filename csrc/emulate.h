@@ -12,6 +12,7 @@
 // - __syncthreads() is a CTA barrier and must be reached by every thread (a thread that exits while
 //   others wait, or a barrier inside divergent code, is reported as a deadlock: stricter than HW);
 // - warp shuffles are a warp barrier + exchange + warp barrier (every lane must participate);
+//   __syncthreads_or likewise with CTA barriers;
 // - WMMA fragments hold the whole 16x16 tile; lane 0 of the warp does the warp's work (fp32 sums of
 //   exact products, like the tensor cores up to summation order); pointer alignment (256 bits) and
 //   ldm (16-byte multiple) are checked as documented;
@@ -247,6 +248,18 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t smem
 #define gridDim (::regnet_emu::cur_launch().grid)
 
 inline void __syncthreads() { ::regnet_emu::park(::regnet_emu::St::WaitBlock); }
+
+// Barrier + "is pred non-zero in any thread of the block" (the exchange goes through the shuffle slots,
+// read between two barriers so that no thread overwrites its slot before every thread has read them all)
+inline int __syncthreads_or(int pred) {
+  auto& l = ::regnet_emu::cur_launch();
+  l.slots[l.cur] = pred != 0 ? 1.0f : 0.0f;
+  ::regnet_emu::park(::regnet_emu::St::WaitBlock);
+  int any = 0;
+  for (const float s : l.slots) any |= s != 0.0f;
+  ::regnet_emu::park(::regnet_emu::St::WaitBlock);
+  return any;
+}
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask, int = 32) {
   auto& l = ::regnet_emu::cur_launch();

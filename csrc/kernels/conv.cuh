@@ -7,6 +7,8 @@
 // of BN output channels spans groups g_lo..g_hi, its reduction runs over the input channels of exactly
 // those groups, and the weight tile is zero where the input channel's group differs from the output
 // channel's (group width 8 with BN = 64 is eight groups in one tile instead of eight padded ones).
+// Those zeros must never meet a NaN or Inf (0 * NaN = NaN would reach another group's outputs, which
+// eager's grouped conv never computes): see "Non-finite inputs in a multi-group tile" below.
 //
 // Tile anatomy (one CTA, GEMM_THREADS threads): per-row tables in shared memory (pixel -> offsets),
 // per tap a table of input offsets (-1 = zero padding / past the end), then for each BK slice of the
@@ -154,6 +156,91 @@ __device__ __forceinline__ void tile_coord(int e, bool k_fast, int& r, int& k) {
   }
 }
 
+// Gather one BM x BK slice of the A operand (rows = pixels, columns = channels k0 .. k0 + BK) from a
+// tensor whose pixel offsets for this tap are in tap_off (-1 = zero padding / past the end); channels at
+// or past k_end read as zero. CHECK: also report whether a gathered value is NaN or Inf (only asked for
+// in tiles that span several groups; two instructions per element).
+__device__ __forceinline__ bool non_finite(float v) { return !(fabsf(v) <= 3.402823466e+38f); }
+
+template <typename T, bool CHECK>
+__device__ __forceinline__ bool gather_a(T* As, const T* __restrict__ src, const long long* tap_off, int k0,
+                                         int k_end, long long sc, bool k_fast) {
+  using L = GemmSmem<T>;
+  bool bad = false;
+#pragma unroll 4
+  for (int e = 0; e < GEMM_BM * GEMM_BK / GEMM_THREADS; ++e) {
+    int r, k;
+    tile_coord<GEMM_BM, GEMM_BK>(e, k_fast, r, k);
+    const int ch = k0 + k;
+    const long long off = tap_off[r];
+    T v = from_f32<T>(0.0f);
+    if (off >= 0 && ch < k_end) {
+      v = src[off + ch * sc];
+      if (CHECK) bad |= non_finite(to_f32(v));
+    }
+    As[r * L::LDA + k] = v;
+  }
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Non-finite inputs in a multi-group tile (forward and data gradient)
+// ---------------------------------------------------------------------------------------------------
+// A tile whose columns span several groups multiplies every A entry by the other groups' zero weights.
+// So, only in such tiles, the A gather reports NaN/Inf (gather_a<T, true>), the barrier after the
+// gathers becomes __syncthreads_or (same cost), and a slice that holds one takes this slow path:
+//   1. each non-finite A[r, k] is multiplied by B[k, c] for the columns c of k's own group only, and the
+//      products (NaN, +Inf, -Inf: exactly what eager's sum would see) are kept as 2-bit codes per (r, c),
+//      merged by OR (+Inf 1 | -Inf 2 = NaN 3, NaN absorbs);
+//   2. the non-finite A entries are zeroed in shared memory, so the tile multiply (WMMA or FMA) stays
+//      finite and every other group's outputs are exact;
+//   3. the epilogue adds the recorded non-finite sums to the accumulator tile (add_non_finite).
+// A NaN/Inf in the weights needs nothing: B is zero off the diagonal, so it only meets its own column.
+// Codes live in shared memory (1 KB); thread t owns column t % BN and rows (t / BN) * BM/2 .. + BM/2.
+// A tile within one group (every dense conv) never checks, never takes the slow path.
+constexpr int NF_ROWS = GEMM_BM / 2;
+static_assert(NF_ROWS == 32, "two 32-bit words of 2-bit codes per thread");
+
+template <typename T>
+__device__ void take_non_finite(T* As, const T* Bs, int k_lo, int k_hi, unsigned (*codes)[2], bool first) {
+  using L = GemmSmem<T>;
+  const int tid = threadIdx.x, c = tid % GEMM_BN, r0 = (tid / GEMM_BN) * NF_ROWS;
+  for (int h = 0; h < 2; ++h) {  // rows r0 + 16 h .. + 16: one word of codes
+    unsigned word = first ? 0u : codes[tid][h];
+    for (int i = 0; i < 16; ++i) {
+      unsigned code = 0;
+      for (int k = k_lo; k < k_hi; ++k) {  // this thread's column's own group, within the slice
+        const float a = to_f32(As[(r0 + 16 * h + i) * L::LDA + k]);
+        if (!non_finite(a)) continue;
+        const float p = a * to_f32(Bs[k * L::LDB + c]);
+        code |= (p != p) ? 3u : (p > 0.0f ? 1u : 2u);
+      }
+      word |= code << (2 * i);
+    }
+    codes[tid][h] = word;
+  }
+  __syncthreads();  // every thread has read A before it is cleared
+  for (int e = tid; e < GEMM_BM * GEMM_BK; e += GEMM_THREADS) {
+    T& v = As[(e / GEMM_BK) * L::LDA + e % GEMM_BK];
+    if (non_finite(to_f32(v))) v = from_f32<T>(0.0f);
+  }
+  __syncthreads();
+}
+
+// Cs[r][c] += the recorded non-finite sum of (r, c), where there is one (adding nothing keeps -0.0).
+__device__ __forceinline__ void add_non_finite(float* Cs, const unsigned (*codes)[2], int ldc) {
+  const int tid = threadIdx.x, c = tid % GEMM_BN, r0 = (tid / GEMM_BN) * NF_ROWS;
+  const float big = 3.0e38f;
+  const float inf = big * big;  // +Inf (the product rounds up; no Inf literal in NVRTC without headers)
+  for (int h = 0; h < 2; ++h) {
+    const unsigned word = codes[tid][h];
+    for (int i = 0; i < 16; ++i) {
+      const unsigned code = (word >> (2 * i)) & 3u;
+      if (code != 0) Cs[(r0 + 16 * h + i) * ldc + c] += code == 1 ? inf : (code == 2 ? -inf : inf - inf);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Forward: y[n, co, ho, wo] = sum_{kh, kw, ci in group(co)} x[n, ci, ho*S-P+kh, wo*S-P+kw] * w[co, ci_l, kh, kw]
 // GEMM rows = output pixels (n, ho, wo), columns = output channels.
@@ -182,6 +269,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
   __shared__ int col_ci0[GEMM_BN];        // first input channel of the column's group, -1 past C_out
   __shared__ long long col_w[GEMM_BN];    // co * swo
   __shared__ float red[2][GEMM_BN];
+  __shared__ unsigned nf_codes[GEMM_THREADS][2];  // non-finite products (multi-group tiles, rare path)
 
   T* As = reinterpret_cast<T*>(smem);
   T* Bs = reinterpret_cast<T*>(smem + L::A_BYTES);
@@ -223,6 +311,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
   TileAcc<T> acc;
   acc.zero();
   const bool a_kfast = (sxc == 1);
+  const bool multi = g_hi > g_lo;  // block-diagonal tile: non-finite inputs need care (see above)
+  bool nf_hit = false;             // block-uniform: some slice took the non-finite path
   const int taps = (int)(KH * KW);
   for (int tap = 0; tap < taps; ++tap) {
     const int kh = tap / (int)KW, kw = tap % (int)KW;
@@ -238,16 +328,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     __syncthreads();
     const long long w_tap = kh * swh + kw * sww;
     for (int k0 = ci_start; k0 < ci_end; k0 += GEMM_BK) {
-#pragma unroll 4
-      for (int e = 0; e < GEMM_BM * GEMM_BK / GEMM_THREADS; ++e) {
-        int r, k;
-        tile_coord<GEMM_BM, GEMM_BK>(e, a_kfast, r, k);
-        const int ci = k0 + k;
-        const long long off = tap_off[r];
-        T v = from_f32<T>(0.0f);
-        if (off >= 0 && ci < ci_end) v = x[off + ci * sxc];
-        As[r * L::LDA + k] = v;
-      }
+      const bool bad = multi ? gather_a<T, true>(As, x, tap_off, k0, ci_end, sxc, a_kfast)
+                             : gather_a<T, false>(As, x, tap_off, k0, ci_end, sxc, a_kfast);
 #pragma unroll 4
       for (int e = 0; e < GEMM_BK * GEMM_BN / GEMM_THREADS; ++e) {
         int k, c;
@@ -258,7 +340,12 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
         if (ci0 >= 0 && ci_l >= 0 && ci_l < cin_g) v = w[col_w[c] + ci_l * swi + w_tap];
         Bs[k * L::LDB + c] = v;
       }
-      __syncthreads();
+      if (__syncthreads_or(bad)) {  // only ever true in a multi-group tile
+        const int ci0 = col_ci0[tid % GEMM_BN];
+        const int k_lo = ci0 < 0 ? 0 : imax(ci0 - k0, 0), k_hi = ci0 < 0 ? 0 : imin(ci0 + cin_g - k0, GEMM_BK);
+        take_non_finite(As, Bs, k_lo, k_hi, nf_codes, !nf_hit);
+        nf_hit = true;
+      }
       acc.mma(As, Bs);
       __syncthreads();
     }
@@ -268,6 +355,10 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
   // contiguous dimension
   acc.store(Cs);
   __syncthreads();
+  if (nf_hit) {  // block-uniform
+    add_non_finite(Cs, nf_codes, L::LDC);
+    __syncthreads();
+  }
   const bool affine = post_mean != nullptr;
   const bool y_cfast = (syc == 1);
   for (int e = 0; e < GEMM_BM * GEMM_BN / GEMM_THREADS; ++e) {
@@ -333,6 +424,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
   __shared__ long long tap_off[GEMM_BM];  // this tap: offset of dy[n, 0, ho, wo], or -1
   __shared__ int col_g[GEMM_BN];          // group of the column's input channel, -1 past C_in
   __shared__ long long col_w[GEMM_BN];    // ci_l * swi
+  __shared__ unsigned nf_codes[GEMM_THREADS][2];  // non-finite products (multi-group tiles, rare path)
 
   T* As = reinterpret_cast<T*>(smem);
   T* Bs = reinterpret_cast<T*>(smem + L::A_BYTES);
@@ -375,6 +467,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
   TileAcc<T> acc;
   acc.zero();
   const bool a_kfast = (sdc == 1);
+  const bool multi = g_hi > g_lo;  // block-diagonal tile: non-finite gradients need care
+  bool nf_hit = false;
   const int taps = (int)(KH * KW);
   for (int tap = 0; tap < taps; ++tap) {
     const int kh = tap / (int)KW, kw = tap % (int)KW;
@@ -392,16 +486,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
     __syncthreads();
     const long long w_tap = kh * swh + kw * sww;
     for (int k0 = co_start; k0 < co_end; k0 += GEMM_BK) {
-#pragma unroll 4
-      for (int e = 0; e < GEMM_BM * GEMM_BK / GEMM_THREADS; ++e) {
-        int r, k;
-        tile_coord<GEMM_BM, GEMM_BK>(e, a_kfast, r, k);
-        const int co = k0 + k;
-        const long long off = tap_off[r];
-        T v = from_f32<T>(0.0f);
-        if (off >= 0 && co < co_end) v = dy[off + co * sdc];
-        As[r * L::LDA + k] = v;
-      }
+      const bool bad = multi ? gather_a<T, true>(As, dy, tap_off, k0, co_end, sdc, a_kfast)
+                             : gather_a<T, false>(As, dy, tap_off, k0, co_end, sdc, a_kfast);
 #pragma unroll 4
       for (int e = 0; e < GEMM_BK * GEMM_BN / GEMM_THREADS; ++e) {
         int k, c;
@@ -412,7 +498,12 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
         if (col_g[c] >= 0 && co < co_end && co / cout_g == col_g[c]) v = w[co * swo + col_w[c] + w_tap];
         Bs[k * L::LDB + c] = v;
       }
-      __syncthreads();
+      if (__syncthreads_or(bad)) {  // only ever true in a multi-group tile
+        const int g = col_g[tid % GEMM_BN];
+        const int k_lo = g < 0 ? 0 : imax(g * cout_g - k0, 0), k_hi = g < 0 ? 0 : imin((g + 1) * cout_g - k0, GEMM_BK);
+        take_non_finite(As, Bs, k_lo, k_hi, nf_codes, !nf_hit);
+        nf_hit = true;
+      }
       acc.mma(As, Bs);
       __syncthreads();
     }
@@ -420,6 +511,10 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
 
   acc.store(Cs);
   __syncthreads();
+  if (nf_hit) {  // block-uniform
+    add_non_finite(Cs, nf_codes, L::LDC);
+    __syncthreads();
+  }
   const bool x_cfast = (sxc == 1);
   for (int e = 0; e < GEMM_BM * GEMM_BN / GEMM_THREADS; ++e) {
     int r, c;
@@ -435,7 +530,10 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
 // dy[n, co, ho, wo] * x[n, ci, ho*S-P+kh, wo*S-P+kw]. GEMM rows = output channels, columns = input
 // channels of the spanned groups (BN-wide chunk blockIdx.y), reduction over pixels. Each workspace
 // entry is written by exactly one CTA; wgrad_reduce_kernel sums the splits in a fixed order
-// (deterministic, no atomics). Grid: (cdiv(C_out, BM), chunks, KH*KW*splits).
+// (deterministic, no atomics). Every stored entry is the plain dot product of one output channel's dy
+// with one input channel's x of the same group (off-diagonal entries are computed, never stored), so a
+// NaN/Inf reaches only its own group's weight gradients, as in eager: no non-finite path needed here.
+// Grid: (cdiv(C_out, BM), chunks, KH*KW*splits).
 // ---------------------------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(GEMM_THREADS) conv_wgrad_kernel(
