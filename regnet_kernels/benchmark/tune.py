@@ -87,7 +87,8 @@ class ConvShape:
 
     def label(self) -> str:
         return (f"{self.kind} {self.dtype} N{self.N} {self.C_in}x{self.H}x{self.W} -> {self.C_out} "
-                f"k{self.kh}x{self.kw} s{self.stride} g{self.groups}" + (f" [{','.join(self.flags)}]" if self.flags else ""))
+                f"k{self.kh}x{self.kw} s{self.stride} g{self.groups}"
+                + (f" [{','.join(self.flags)}]" if self.flags else ""))
 
 
 # ------------------------------------------------------------------------------------------------

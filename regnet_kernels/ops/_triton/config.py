@@ -19,12 +19,14 @@ to the rules. The key of a shape family is
 
 ``kind`` the function's name without ``_config`` (``conv_fwd``), ``arch`` the target's compute capability,
 then the function's arguments by name, in order (``target`` excluded); the first one (the row count
-``M``, ``HW``, ``T`` or ``N``; ``C`` for bn_running_update) is bucketed to ``next_pow2`` clamped to ``[2**8, 2**22]``, e.g.
+``M``, ``HW``, ``T`` or ``N``; ``C`` for bn_running_update) is bucketed to ``next_pow2`` clamped to
+``[2**8, 2**22]``, e.g.
 ``conv_fwd|sm90|M=65536|c_out=224|cin_g=8|cout_g=8|kh=3|kw=3|elem_bytes=2``. The value holds config
 fields (``{"block_m": 128, "block_n": 64, ...}``) that replace the rule's; fields the rules derive
 (the weight gradient's ``n_co``, ``n_ci``, ``m_per_split``) are re-derived. The table is never read
-under the interpreter (its entries are GPU measurements); ``REGNET_KERNELS_TUNED=path`` reads another file. :func:`override` forces fields for every
-shape of one kind while it is active, on any target: the tuner times candidates through it.
+under the interpreter (its entries are GPU measurements); ``REGNET_KERNELS_TUNED=path`` reads another file.
+:func:`override` forces fields for every shape of one kind while it is active, on any target: the tuner
+times candidates through it.
 """
 from __future__ import annotations
 
