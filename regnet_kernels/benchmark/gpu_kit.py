@@ -17,7 +17,17 @@ On a bare H100/H200 machine whose ``python3`` already has CUDA torch, Triton, ni
 It writes at most 8 files into OUTDIR (summary.txt, kit.log, env.json, tests.xml, smoke.json, bench.json,
 speedup.png, profile.json) and prints a one-screen summary. ``--quick`` is a ~3-minute subset;
 ``--dry-run`` runs the same steps at tiny sizes on whatever machine this is (CPU: Triton interpreter) and
-is what CI runs. ``--tune`` is accepted and reported as not implemented yet (no tuning table exists).
+is what CI runs.
+
+``--tune`` adds a last step (150 s more budget, the step capped at what is left of it):
+:mod:`regnet_kernels.benchmark.tune` sweeps a small config set for the slowest conv shapes of the main
+model (by the launch model) and writes the winners, in the format of the committed table
+``regnet_kernels/ops/_triton/tuned.json``, plus every candidate's timing, to ``OUTDIR/tuned.json``; that
+file takes the place of ``speedup.png`` (the chart is not drawn; its data stay in bench.json), so the kit
+still writes at most 8 files. To use the winners, commit them:
+``cp OUTDIR/tuned.json regnet_kernels/ops/_triton/tuned.json``. With ``--dry-run`` the sweep runs at tiny
+sizes (CPU: under the interpreter, timings meaningless; its table is marked DRY RUN and is not for
+committing).
 """
 from __future__ import annotations
 
@@ -37,6 +47,10 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ("summary.txt", "kit.log", "env.json", "tests.xml", "smoke.json", "bench.json", "speedup.png",
          "profile.json")
+#: With ``--tune`` the tuned table takes the chart's place (still 8 files at most).
+FILES_TUNE = tuple("tuned.json" if f == "speedup.png" else f for f in FILES)
+TUNED_HOME = "regnet_kernels/ops/_triton/tuned.json"
+TUNE_EXTRA_S = 150.0
 
 
 @dataclass
@@ -180,7 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("out", help="output directory (at most 8 files are written into it)")
     p.add_argument("--quick", action="store_true", help="~3-minute subset")
     p.add_argument("--dry-run", action="store_true", help="same steps at tiny sizes (CPU: Triton interpreter)")
-    p.add_argument("--tune", action="store_true", help="config sweep for the slowest kernels (not implemented yet)")
+    p.add_argument("--tune", action="store_true",
+                   help=f"config sweep for the slowest conv shapes -> OUTDIR/tuned.json (+{TUNE_EXTRA_S:.0f} s)")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole kit (default 540, quick 180)")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -188,6 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     budget = a.budget or (180.0 if a.quick else 540.0)
     if a.dry_run:
         budget = a.budget or 600.0
+    if a.tune and not a.budget:
+        budget += TUNE_EXTRA_S
     kit = Kit(out, budget, a.dry_run, a.quick)
     import torch
 
@@ -275,7 +292,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             kit.run(_bench(kit, "x32", ["--model", "regnet_x_3_2gf", "--mode", "both", "--providers", provs,
                                         "--no-plots"] + common, 120))
     if a.tune:
-        kit.say("--tune: not implemented yet (no per-shape config table exists); nothing swept")
+        # after the benchmarks (they measure the committed configs); the tuner stops starting new shapes at
+        # its own budget and rewrites its JSON after each shape, so a step stopped at its cap keeps its results
+        cap = min(120.0 if dry else TUNE_EXTRA_S, max(10.0, kit.left() - 5))
+        targv = [kit.py, "-m", "regnet_kernels.benchmark.tune", "--model", m16, "--dtype", "bf16",
+                 "--batch", b_inf, "--train-batch", b_tr, "--budget", f"{0.7 * cap:.0f}",
+                 "--out", str(out / "tuned.json")] + (["--dry-run"] if dry else [])
+        kit.run(Step("tune", targv, cap))
+        if (out / "tuned.json").exists():
+            kit.say(f"tune: winners in {out / 'tuned.json'}; to use them: cp {out / 'tuned.json'} {TUNED_HOME} "
+                    "(then run tests/test_aot.py: the tuned configs must compile without spills)")
 
     # gather -----------------------------------------------------------------------------------------------
     profiles = {}
@@ -289,26 +315,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     (out / "bench.json").write_text(json.dumps(bench_doc, indent=1))
     _speedups(bench_doc)
     (out / "bench.json").write_text(json.dumps(bench_doc, indent=1))
+    if not a.tune:  # (with --tune, tuned.json takes speedup.png's place among the 8 files)
+        _speedup_chart(kit, bench_doc, m16)
+    summary = _summary(kit, bench_doc, profiles, FILES_TUNE if a.tune else FILES)
+    (out / "summary.txt").write_text(summary)
+    print(summary, flush=True)
+    kit.log.close()
+    shutil.rmtree(kit.tmp, ignore_errors=True)
+    extra = [f for f in os.listdir(out) if f not in (FILES_TUNE if a.tune else FILES)]
+    if extra:
+        print(f"warning: unexpected files in {out}: {extra}", flush=True)
+    failed = [s.name for s in kit.steps if s.rc not in (0, None)]
+    return 1 if failed else 0
+
+
+def _speedup_chart(kit: Kit, bench_doc: dict, m16: str) -> None:
     try:
         from regnet_kernels.benchmark import plots
 
         main_recs = [r for r in bench_doc["records"] if r.get("kind") == "measurement" and r.get("model") == m16
                      and not r.get("cuda_graph")]
         if main_recs:
-            plots.speedup_chart(str(out / "speedup.png"), measured=main_recs, floors={}, device=bench_doc.get(
+            plots.speedup_chart(str(kit.out / "speedup.png"), measured=main_recs, floors={}, device=bench_doc.get(
                 "device", "?"), title=f"{m16}, bf16, measured by the GPU kit")
     except Exception as e:  # a chart must not sink the kit
         kit.say(f"speedup chart failed: {type(e).__name__}: {e}")
-    summary = _summary(kit, bench_doc, profiles)
-    (out / "summary.txt").write_text(summary)
-    print(summary, flush=True)
-    kit.log.close()
-    shutil.rmtree(kit.tmp, ignore_errors=True)
-    extra = [f for f in os.listdir(out) if f not in FILES]
-    if extra:
-        print(f"warning: unexpected files in {out}: {extra}", flush=True)
-    failed = [s.name for s in kit.steps if s.rc not in (0, None)]
-    return 1 if failed else 0
 
 
 def _speedups(doc: dict) -> None:
@@ -335,7 +366,23 @@ def _tests_line(step: Optional[Step], log: str = "") -> str:
                                if fails else "")
 
 
-def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
+def _tune_lines(path: Path) -> List[str]:
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as e:
+        return [f"tune: unreadable {path.name}: {e}"]
+    recs = [r for r in doc.get("shapes", []) if "candidates" in r]
+    won = [r for r in recs if r.get("winner")]
+    lines = [f"tune: {len(recs)} shape(s) swept, {len(won)} new winner(s), {len(doc.get('entries', {}))} entries; "
+             f"commit with: cp {path} {TUNED_HOME}"]
+    for r in won[:4]:
+        lines.append(f"  {r['label'][:60]}: {r['default_ms']:.3f} -> {r['best_ms']:.3f} ms {r['winner']}")
+    return lines
+
+
+def _summary(kit: Kit, bench: dict, profiles: dict, files=FILES) -> str:
     lines = ["", "=" * 100, f"GPU kit summary ({'dry run' if kit.dry else 'quick' if kit.quick else 'full'}), "
              f"{time.monotonic() - kit.t0:.0f} s"]
     lines.append("steps: " + ", ".join(f"{s.name} {'ok' if s.rc == 0 else s.rc} {s.seconds:.0f}s" for s in kit.steps))
@@ -374,7 +421,8 @@ def _summary(kit: Kit, bench: dict, profiles: dict) -> str:
             lines.append(f"profile {mode} {prov}: {res['kernel_us_per_step'] / 1e3:.2f} ms kernels/step, "
                          f"{res['launches_per_step']:.0f} launches; top: "
                          + "; ".join(f"{k[:40]} {v['us_per_step'] / 1e3:.2f} ms" for k, v in top))
-    lines.append(f"files: {', '.join(f for f in FILES if (kit.out / f).exists())} in {kit.out}")
+    lines += _tune_lines(kit.out / "tuned.json")
+    lines.append(f"files: {', '.join(f for f in files if (kit.out / f).exists())} in {kit.out}")
     lines.append("=" * 100)
     return "\n".join(lines) + "\n"
 

@@ -59,7 +59,8 @@ class Launch:
     to 1 that Triton specialises); ``aligned`` names the arguments Triton would mark divisible by 16.
     ``bytes`` counts each distinct tensor argument once (the traffic the launch must move at least);
     ``flops`` the useful FLOPs, ``mma_flops`` those the tensor cores execute with the tile padding of
-    block-diagonally packed groups.
+    block-diagonally packed groups. ``scalars`` holds the values of the non-constexpr integer arguments
+    (sizes, strides), from which a launch's tensor shapes can be rebuilt (the tuner does).
     """
 
     kernel: str
@@ -75,6 +76,7 @@ class Launch:
     flops: int = 0
     mma_flops: int = 0
     phase: str = "fwd"
+    scalars: Dict[str, int] = field(default_factory=dict)
 
     @property
     def programs(self) -> int:
@@ -217,7 +219,8 @@ class Recorder:
             kernel=fn.__name__, label=label, module=fn.__module__, grid=g,
             num_warps=int(kwargs.get("num_warps", 4)), num_stages=int(kwargs.get("num_stages", 3)),
             signature=signature, constexprs=constexprs, aligned=aligned, bytes=nbytes, flops=flops,
-            mma_flops=mma, phase=self.phase))
+            mma_flops=mma, phase=self.phase,
+            scalars={k: v for k, v in values.items() if type(v) is int and signature.get(k) != "constexpr"}))
 
 
 class _TritonOnMeta(torch.utils._python_dispatch.TorchDispatchMode):

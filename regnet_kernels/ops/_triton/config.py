@@ -9,11 +9,35 @@ The ``Target`` says where the kernel runs: under the Triton interpreter (CPU tes
 because the interpreter is slow per program and numpy has no bf16 dot; on a GPU the tiles are sized
 so that no specialisation the zoo launches spills registers (checked in CI by ``tests/test_aot.py``,
 which compiles every specialisation of regnet_y_400mf for sm_90 and reads the cubin).
+
+Tuned configs. Each public function below is ``@_tunable``: on a GPU target it first looks its shape
+family up in the committed table ``tuned.json`` (next to this file; written on a GPU by
+:mod:`regnet_kernels.benchmark.tune`, ``scripts/gpu_check.sh OUTDIR --tune``), and only then falls back
+to the rules. The key of a shape family is
+
+    ``<kind>|sm<arch>|<arg>=<value>|...``
+
+``kind`` the function's name without ``_config`` (``conv_fwd``), ``arch`` the target's compute capability,
+then the function's arguments by name, in order (``target`` excluded); the first one (the row count
+``M``, ``HW``, ``T`` or ``N``; ``C`` for bn_running_update) is bucketed to ``next_pow2`` clamped to
+``[2**8, 2**22]``, e.g.
+``conv_fwd|sm90|M=65536|c_out=224|cin_g=8|cout_g=8|kh=3|kw=3|elem_bytes=2``. The value holds config
+fields (``{"block_m": 128, "block_n": 64, ...}``) that replace the rule's; fields the rules derive
+(the weight gradient's ``n_co``, ``n_ci``, ``m_per_split``) are re-derived. The table is never read
+under the interpreter (its entries are GPU measurements); ``REGNET_KERNELS_TUNED=path`` reads another file.
+:func:`override` forces fields for every shape of one kind while it is active, on any target: the tuner
+times candidates through it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import json
+import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import Dict, NamedTuple, Optional
 
 __all__ = [
     "Target",
@@ -29,6 +53,10 @@ __all__ = [
     "se_fc_config",
     "bn_finalize_config",
     "bn_running_update_config",
+    "tuned_key",
+    "load_tuned",
+    "set_tuned_table",
+    "override",
 ]
 
 #: Streaming multiprocessors of the planned targets (H100 SXM / H200: 132; A100: 108).
@@ -56,6 +84,85 @@ def next_pow2(n: int) -> int:
 def _clamp_pow2(n: int, lo: int, hi: int) -> int:
     """``next_pow2(n)`` clamped to ``[lo, hi]`` (the tile rule used throughout)."""
     return min(hi, max(lo, next_pow2(n)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tuned-config table and the tuner's override (see the module docstring)
+# ------------------------------------------------------------------------------------------------
+TUNED_PATH = Path(__file__).with_name("tuned.json")
+_TUNED: Optional[Dict[str, dict]] = None  # entries of the table, loaded on first use
+_OVERRIDE: Dict[str, dict] = {}  # kind -> forced fields (the tuner's candidates)
+_SEEN: Dict[str, list] = {}  # kind -> argument dicts looked up while an override is active
+
+
+def tuned_key(kind: str, arch: int, args: Dict[str, int]) -> str:
+    """The table key of a shape family: ``args`` are the config function's arguments by name, in order
+    (the first one, the row count, is bucketed)."""
+    parts = [kind, f"sm{arch}"]
+    for i, (name, value) in enumerate(args.items()):
+        parts.append(f"{name}={_clamp_pow2(value, 2**8, 2**22) if i == 0 else int(value)}")
+    return "|".join(parts)
+
+
+def load_tuned(path=None) -> Dict[str, dict]:
+    """The ``entries`` of a tuned table (``{"_source": ..., "entries": {key: fields}}``); {} if absent."""
+    p = Path(path) if path is not None else Path(os.environ.get("REGNET_KERNELS_TUNED", TUNED_PATH))
+    if not p.is_file():
+        return {}
+    return dict(json.loads(p.read_text()).get("entries", {}))
+
+
+def set_tuned_table(entries: Optional[Dict[str, dict]]) -> Optional[Dict[str, dict]]:
+    """Use ``entries`` as the table (None: reload the committed file on next use); returns the previous."""
+    global _TUNED
+    prev, _TUNED = _TUNED, entries
+    return prev
+
+
+@contextlib.contextmanager
+def override(kind: str, **fields):
+    """Force config ``fields`` for every shape of ``kind`` (``"conv_fwd"``) while active, on every target
+    (the tuner's candidates). Yields the list of argument dicts looked up meanwhile."""
+    prev_fields, prev_seen = _OVERRIDE.get(kind), _SEEN.get(kind)
+    _OVERRIDE[kind], _SEEN[kind] = dict(fields), []
+    try:
+        yield _SEEN[kind]
+    finally:
+        for d, v in ((_OVERRIDE, prev_fields), (_SEEN, prev_seen)):
+            if v is None:
+                d.pop(kind, None)
+            else:
+                d[kind] = v
+
+
+def _tunable(fn=None, *, fix=None):
+    """Consult the override, then (GPU targets) the tuned table, before the rules of ``fn``; ``fix(cfg,
+    args)`` re-derives dependent fields after a replacement."""
+    if fn is None:
+        return functools.partial(_tunable, fix=fix)
+    kind = fn.__name__[: -len("_config")]
+    names = [n for n in inspect.signature(fn).parameters if n != "target"]
+
+    @functools.wraps(fn)
+    def wrapper(*args, target: "Target" = None, **kwargs):
+        if target is None:  # positional target (the last argument)
+            *args, target = args
+        cfg = fn(*args, target=target, **kwargs)
+        bound = dict(zip(names, args), **kwargs)
+        fields = _OVERRIDE.get(kind)
+        if fields is not None:
+            _SEEN[kind].append(bound)
+        elif not target.interpret:
+            global _TUNED
+            if _TUNED is None:
+                _TUNED = load_tuned()
+            fields = _TUNED.get(tuned_key(kind, target.arch, bound)) if _TUNED else None
+        if not fields:
+            return cfg
+        cfg = cfg._replace(**{k: int(v) for k, v in fields.items() if k in cfg._fields})
+        return fix(cfg, bound) if fix is not None else cfg
+
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,6 +204,7 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     return ConvConfig(block_m, block_n, block_k, num_warps, 2)
 
 
+@_tunable
 def conv_fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
                     target: Target, fused_io: bool = False) -> ConvConfig:
     """Forward conv: rows ``M = N*Ho*Wo`` output pixels, columns = ``c_out`` output channels, reduction over
@@ -105,6 +213,7 @@ def conv_fwd_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: in
     return _conv_config(M, c_out, cin_g, cout_g, kh, kw, elem_bytes, target, fused_io)
 
 
+@_tunable
 def conv_dgrad_config(M: int, c_in: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
                       target: Target) -> ConvConfig:
     """Data gradient: rows ``M = N*H*W`` input pixels, columns = ``c_in`` input channels, reduction over the
@@ -128,6 +237,13 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _wgrad_fix(cfg: "WgradConfig", args: dict) -> "WgradConfig":
+    """Re-derive the split of the pixel reduction after a tuned ``split`` / ``block_m``."""
+    m_per_split = _cdiv(_cdiv(args["M"], max(1, cfg.split)), cfg.block_m) * cfg.block_m
+    return cfg._replace(m_per_split=m_per_split, split=_cdiv(args["M"], m_per_split))
+
+
+@_tunable(fix=_wgrad_fix)
 def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: int, elem_bytes: int,
                       target: Target) -> WgradConfig:
     """Weight gradient: a tile of ``block_co`` output x ``block_ci`` input channels per tap; the pixel
@@ -162,6 +278,7 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
+@_tunable
 def ew_config(M: int, C: int, target: Target) -> TileConfig:
     """(pixels x channels) element-wise and per-channel-reduction passes: BN apply and backward, SE scale,
     the residual tail."""
@@ -171,6 +288,7 @@ def ew_config(M: int, C: int, target: Target) -> TileConfig:
     return TileConfig(bm, bc, 4 if target.interpret else 8, 1 if target.interpret else 3)
 
 
+@_tunable
 def channel_sum_config(HW: int, C: int, target: Target) -> TileConfig:
     """Per-(sample, channel) spatial sums (SE pool, SE gate gradient): ``block_m`` pixels per step."""
     bc = _clamp_pow2(C, 16, 64)
@@ -186,6 +304,7 @@ class FcConfig(NamedTuple):
     num_stages: int
 
 
+@_tunable
 def se_fc_config(N: int, C: int, S: int, target: Target) -> FcConfig:
     """Both SE FCs for ``block_n`` samples per program (squeeze width ``S``, ``C`` channels)."""
     bn = 16  # 32 samples per program spilled (255 registers, up to 1.3 KB per thread) on sm_90
@@ -195,6 +314,7 @@ def se_fc_config(N: int, C: int, S: int, target: Target) -> FcConfig:
     return FcConfig(bn, _clamp_pow2(S, 16, 32), _clamp_pow2(C, 16, 32), 4, 2)
 
 
+@_tunable
 def bn_finalize_config(T: int, C: int, target: Target) -> TileConfig:
     """BN finalize over ``T`` per-tile partials of ``C`` channels: ``block_m`` partials per step."""
     bc = _clamp_pow2(C, 16, 128)
@@ -202,5 +322,6 @@ def bn_finalize_config(T: int, C: int, target: Target) -> TileConfig:
     return TileConfig(bt, bc, 4, 1 if target.interpret else 3)
 
 
+@_tunable
 def bn_running_update_config(C: int, target: Target) -> TileConfig:
     return TileConfig(1, _clamp_pow2(C, 16, 1024), 4, 1 if target.interpret else 3)
