@@ -18,7 +18,7 @@ from regnet_kernels.distributed import sync_enabled
 from regnet_kernels.matching import BottleneckLayout, parse_bottleneck
 from regnet_kernels.ops import _dispatch
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
-from regnet_kernels.ops.bottleneck.reference import unpack_stats
+from regnet_kernels.ops.bottleneck.reference import batch_stats
 from regnet_kernels.ops.conv_bn_act import _update_op
 
 __all__ = ["FusedBottleneck", "BottleneckLayout", "match_bottleneck"]
@@ -115,11 +115,11 @@ class FusedBottleneck(nn.Module):
         return bottleneck_eval(x, params, conv_b.stride[0], conv_b.groups, eps, backend)
 
     def _update_running_stats(self, bns, stats: torch.Tensor, backend: str) -> None:
-        parts = unpack_stats(stats, bns[0].num_features, bns[2].num_features, len(bns) == 4)
+        parts = batch_stats(stats, bns[0].num_features, bns[2].num_features, len(bns) == 4)
         for key, bn in zip(("a", "b", "c", "p"), bns):
             if not (bn.track_running_stats and bn.running_mean is not None):
                 continue
-            mean, _, var_unb = parts[key]
+            mean, var_unb = parts[key]
             cumulative = bn.momentum is None
             _update_op(bn.running_mean, bn.running_var, bn.num_batches_tracked if cumulative else None,
                        mean, var_unb, 0.0 if cumulative else float(bn.momentum), cumulative, backend)

@@ -451,3 +451,51 @@ def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, p
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ws[0] if split == 1 else ws.sum(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Input shift for training BatchNorm after an unpadded conv
+# ------------------------------------------------------------------------------------------------
+#: shift a channel only where its value at pixel 0 is this many times farther from 0 than from the other
+#: sampled pixels, i.e. where the channel's mean dominates its spread (see :func:`input_shift`)
+SHIFT_RATIO = 8.0
+
+
+def input_shift(x: torch.Tensor):
+    """A ``pre_affine`` triple ``(c, 1, 0)`` that makes a conv read ``x - c``, with ``c`` per input channel
+    either ``x[0, c, 0, 0]`` or 0; None (no shift) unless ``x`` is fp32. Device ops only (no host sync).
+
+    For an input with a large mean (300, 1e4) the conv's fp32 outputs are ~|mean| with an ulp that is no
+    longer small against their spread, and the rounding flips ReLU masks after the BatchNorm. Training
+    BatchNorm removes any per-channel constant from its input exactly, so conv(x - c) gives the same
+    normalised output, computed on values near 0. Valid for a conv without padding (``x - c`` shifts the
+    zero padding too); the batch mean of the unshifted output is the shifted one plus
+    :func:`shift_offset`. The weight gradient may read ``x - c`` as well: it differs from the true one by
+    ``c * sum(dy)``, and the conv-output gradient of a training BatchNorm sums to zero over the batch.
+
+    Only channels whose mean dominates their spread are shifted: ``x[0, c, 0, 0]`` must be
+    :data:`SHIFT_RATIO` times farther from 0 than from each of the batch / spatial corner pixels
+    (non-finite values never pass). On a mean-0 channel a shift by one sample (~std) would leave the saved
+    mean ~std while the batch mean is ~std / sqrt(count), and adding the offset back for the running mean
+    would cost digits there.
+
+    fp16 / bf16 inputs are not shifted: the prologue rounds ``x - c`` back to the input dtype, and a 16-bit
+    activation at a large mean is already coarser than anything the shift recovers (ulp 8 at 1e4).
+    """
+    if x.dtype != torch.float32:
+        return None
+    N, _, H, W = x.shape
+    # corners of the (batch, height, width) box: up to 8 pixels, a strided view
+    corners = x[::max(N - 1, 1), :, ::max(H - 1, 1), ::max(W - 1, 1)].transpose(0, 1).reshape(x.shape[1], -1)
+    x0 = corners[:, 0]
+    spread = (corners - x0[:, None]).abs().amax(1)
+    c = torch.where(spread * SHIFT_RATIO < x0.abs(), x0, torch.zeros_like(x0))
+    return c, torch.ones_like(c), torch.zeros_like(c)
+
+
+def shift_offset(weight: torch.Tensor, shift) -> torch.Tensor:
+    """``conv(x) - conv(x - c)`` per output channel (fp32) for an unpadded conv with ``groups=1`` and the
+    ``shift`` of :func:`input_shift` (zeros when it is None)."""
+    if shift is None:
+        return torch.zeros(weight.shape[0], device=weight.device, dtype=torch.float32)
+    return weight.to(torch.float32).sum((2, 3)) @ shift[0]

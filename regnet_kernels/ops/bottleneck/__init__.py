@@ -96,7 +96,8 @@ def _(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride,
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
     cb, cout = wa.shape[0], wc.shape[0]
-    n_stats = 6 * cb + (6 if wp is not None else 3) * cout
+    # per BatchNorm (mean, invstd, var_unbiased), then the mean offsets of BN a and the projection
+    n_stats = 7 * cb + (7 if wp is not None else 3) * cout
     N = x.shape[0]
     se_shape = (N, cb) if w1 is not None else (0,)
     return (act(sc), act(sa), act(sb), act(sc), x.new_empty(se_shape, dtype=acc), x.new_empty(se_shape, dtype=acc),
@@ -197,7 +198,10 @@ def bottleneck_train(x, params, stride: int, groups: int, eps, backend: str):
     """Training forward of a fused bottleneck; ``params`` in :data:`PARAM_NAMES` order.
 
     Returns ``(out, stats)`` where ``stats`` packs ``(mean, invstd, var_unbiased)`` per BatchNorm (a, b, c,
-    then projection) for the running-statistics update; ``stats`` is meaningless (NaN) for an empty batch,
+    then projection) and the mean offsets of BN a and the projection; read it with
+    :func:`regnet_kernels.ops.bottleneck.reference.batch_stats` for the running-statistics update (the
+    Triton backend runs conv a and the projection on ``x - x[0, :, 0, 0]``, which training BatchNorm
+    cancels, so their saved means are shifted). ``stats`` is meaningless (NaN) for an empty batch,
     whose running statistics ``nn.BatchNorm2d`` leaves alone (``out.numel() == 0`` tells the caller).
 
     Raises what eager PyTorch raises on the same block (see :func:`regnet_kernels.ops.conv_bn_act.check_conv_bn`).

@@ -20,16 +20,35 @@ from regnet_kernels.ops.conv_bn_act import reference as cba
 from regnet_kernels.ops.squeeze_excite import reference as se
 
 
-def pack_stats(*triples) -> torch.Tensor:
-    """Concatenate ``(mean, invstd, var_unbiased)`` triples of every BatchNorm into one fp32 vector."""
-    return torch.cat([t for tr in triples for t in tr])
+def pack_stats(triples, offsets) -> torch.Tensor:
+    """One fp32 vector: the ``(mean, invstd, var_unbiased)`` triple of every BatchNorm (a, b, c, then the
+    projection), then the mean offsets of BN a and the projection (see :func:`batch_stats`)."""
+    return torch.cat([t for tr in triples for t in tr] + list(offsets))
+
+
+def _split(stats: torch.Tensor, cb: int, cout: int, has_proj: bool):
+    sizes = [cb] * 6 + [cout] * (6 if has_proj else 3) + [cb] + ([cout] if has_proj else [])
+    return torch.split(stats, sizes)
 
 
 def unpack_stats(stats: torch.Tensor, cb: int, cout: int, has_proj: bool) -> dict:
-    sizes = [cb] * 6 + [cout] * (6 if has_proj else 3)
-    parts = torch.split(stats, sizes)
+    """Per BatchNorm ("a", "b", "c", "p") the triple the backward uses: the mean is that of the conv output
+    as saved (``ya`` and the projection's output may be shifted, see :func:`batch_stats`)."""
+    parts = _split(stats, cb, cout, has_proj)
     keys = ["a", "b", "c"] + (["p"] if has_proj else [])
     return {k: parts[3 * i: 3 * i + 3] for i, k in enumerate(keys)}
+
+
+def batch_stats(stats: torch.Tensor, cb: int, cout: int, has_proj: bool) -> dict:
+    """Per BatchNorm ``(batch mean, unbiased batch variance)`` for the running-statistics update. A backend
+    may run the convs that read the block input on ``x - c`` (a per-channel constant that training
+    BatchNorm cancels); the true batch mean is then the saved one plus the offset ``conv(c)`` stored
+    after the triples (zero where nothing was shifted)."""
+    parts = _split(stats, cb, cout, has_proj)
+    n = 12 if has_proj else 9
+    offsets = {"a": parts[n], "p": parts[n + 1] if has_proj else None}
+    return {k: (mean + offsets[k] if offsets.get(k) is not None else mean, var_unb)
+            for k, (mean, _, var_unb) in unpack_stats(stats, cb, cout, has_proj).items()}
 
 
 def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp,
@@ -44,14 +63,15 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
     if w1 is not None:
         h, pooled, gate = se.squeeze_excite(act_b, w1, b1, w2, b2)
     out_c, yc, *st_c = cba.conv_bn_act_train(h, wc, gc, bc, 1, 0, 1, eps[2], False)
-    triples = [st_a, st_b, st_c]
+    triples, offsets = [st_a, st_b, st_c], [torch.zeros_like(st_a[0])]  # nothing shifted here
     if wp is not None:
         short, _, *st_p = cba.conv_bn_act_train(x, wp, gp, bp, stride, 0, 1, eps[3], False)
         triples.append(st_p)
+        offsets.append(torch.zeros_like(st_p[0]))
     else:
         short = x
     out = torch.relu(out_c + short)
-    return out, ya, yb, yc, pooled, gate, pack_stats(*triples)
+    return out, ya, yb, yc, pooled, gate, pack_stats(triples, offsets)
 
 
 def _act(y: torch.Tensor, stats, gamma, beta, relu: bool) -> torch.Tensor:

@@ -7,6 +7,14 @@ its prologue (+BN_c partials) -> finalize -> [projection conv + finalize] -> res
 ``relu(BN_c(yc) + shortcut)``. Saved for backward: ``x, ya, yb, yc``, the SE pooled vector and gate,
 per-channel statistics (the projection's output is recomputed from ``x`` in backward).
 
+Large-mean fp32 inputs: conv a and the projection read ``x - c`` (their prologue), in forward and in
+their weight gradients, with ``c = x[0, :, 0, 0]`` on the channels whose mean dominates their spread
+(see :func:`regnet_kernels.ops._triton.conv.input_shift`). Training BatchNorm cancels ``c`` exactly,
+and the fp32 conv outputs stay near 0 instead of at ~|mean|, where their rounding flips ReLU masks
+(mean 1e4: ulp ~1e-3). ``ya`` and the projection output, and the means saved with them, are those of
+the shifted convs; ``stats`` carries the offsets ``conv(c)`` that give the true batch means for the
+running statistics.
+
 Eval forward: 4-5 kernels, BatchNorm + ReLU in each conv's epilogue, the SE scale in conv c's prologue
 and the residual add + ReLU in its epilogue.
 """
@@ -30,7 +38,8 @@ def _conv_bn(x, w, gamma, beta, stride, pad, groups, eps, **kw):
 
 def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride: int, groups: int, eps):
     pad_b = wb.shape[-1] // 2
-    ya, st_a, bn_a = _conv_bn(x, wa, ga, ba, 1, 0, 1, eps[0])
+    shift = _conv.input_shift(x)
+    ya, st_a, bn_a = _conv_bn(x, wa, ga, ba, 1, 0, 1, eps[0], pre_affine=shift)
     yb, st_b, bn_b = _conv_bn(ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_relu=True)
     # distinct empties: op outputs may not alias each other
     pooled, gate = x.new_empty((0,), dtype=torch.float32), x.new_empty((0,), dtype=torch.float32)
@@ -39,13 +48,14 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
         gate = _se.se_fc(pooled, w1, b1, w2, b2)
     yc, st_c, bn_c = _conv_bn(yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_relu=True,
                               gate=gate if w1 is not None else None)
-    triples = [st_a, st_b, st_c]
+    triples, offsets = [st_a, st_b, st_c], [_conv.shift_offset(wa, shift)]
     yp = bn_p = None
     if wp is not None:
-        yp, st_p, bn_p = _conv_bn(x, wp, gp, bp, stride, 0, 1, eps[3])
+        yp, st_p, bn_p = _conv_bn(x, wp, gp, bp, stride, 0, 1, eps[3], pre_affine=shift)
         triples.append(st_p)
+        offsets.append(_conv.shift_offset(wp, shift))
     out = _blk.tail_forward(yc, yp if wp is not None else x, bn_c, bn_p)
-    return out, ya, yb, yc, pooled, gate, pack_stats(*triples)
+    return out, ya, yb, yc, pooled, gate, pack_stats(triples, offsets)
 
 
 def _affine(stats, gamma, beta):
@@ -65,8 +75,9 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, e
     bn_p = _affine(st["p"], gp, bp) if has_proj else None
     pad_b = wb.shape[-1] // 2
     g = {}
+    shift = _conv.input_shift(x)  # the forward's (conv a and the projection read x - c)
     # the projection's conv output is recomputed (deterministic: the same kernel on the same inputs)
-    yp = _conv.conv2d_fwd(x, wp, stride, 0, 1)[0] if has_proj else None
+    yp = _conv.conv2d_fwd(x, wp, stride, 0, 1, pre_affine=shift)[0] if has_proj else None
 
     # residual tail: dReLU + both BatchNorm reductions in one pass, both conv-output gradients in a second
     dyc, dsc, sums = _blk.tail_backward(grad_out, yc, yp if has_proj else x, bn_c, bn_p)
@@ -104,11 +115,11 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, e
     # shortcut, then conv a's input gradient with the shortcut's added in its epilogue
     if has_proj:
         d_short = _conv.conv2d_dgrad(dsc, wp, x.shape, stride, 0, 1, like=x)
-        g["wp"] = _conv.conv2d_wgrad(x, dsc, wp.shape, stride, 0, 1)
+        g["wp"] = _conv.conv2d_wgrad(x, dsc, wp.shape, stride, 0, 1, pre_affine=shift)
     else:
         d_short = dsc
     g["x"] = _conv.conv2d_dgrad(dya, wa, x.shape, 1, 0, 1, like=x, add=d_short) if output_mask[0] else None
-    g["wa"] = _conv.conv2d_wgrad(x, dya, wa.shape, 1, 0, 1)
+    g["wa"] = _conv.conv2d_wgrad(x, dya, wa.shape, 1, 0, 1, pre_affine=shift)
 
     names = ["x", "wa", "ga", "ba", "wb", "gb", "bb", "w1", "b1", "w2", "b2", "wc", "gc", "bc", "wp", "gp", "bp"]
     tensors = [x] + list(params)
