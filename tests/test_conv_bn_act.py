@@ -361,8 +361,8 @@ def test_opcheck(backend):
     torch.library.opcheck(mod._train_bwd_op, (go, x.detach(), w.detach(), y, mean, invstd, g.detach(), b.detach(),
                                               1, 1, 2, True, [True, True, True, True], -1, backend))
     zeros, ones = torch.zeros(16, device=dev), torch.ones(16, device=dev)
-    torch.library.opcheck(mod._update_op, (zeros, ones, None, mean.detach(), invstd.detach(), 0.1, False, backend))
-    torch.library.opcheck(mod._update_op, (zeros.clone(), ones.clone(), torch.tensor(3, device=dev), mean.detach(),
+    torch.library.opcheck(mod.update_running_stats_op, (zeros, ones, None, mean.detach(), invstd.detach(), 0.1, False, backend))
+    torch.library.opcheck(mod.update_running_stats_op, (zeros.clone(), ones.clone(), torch.tensor(3, device=dev), mean.detach(),
                                            invstd.detach(), 0.0, True, backend))
 
 

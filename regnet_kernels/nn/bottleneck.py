@@ -19,7 +19,7 @@ from regnet_kernels.matching import BottleneckLayout, parse_bottleneck
 from regnet_kernels.ops import _dispatch
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
 from regnet_kernels.ops.bottleneck.reference import batch_stats
-from regnet_kernels.ops.conv_bn_act import _update_op
+from regnet_kernels.ops.conv_bn_act import update_running_stats_op
 
 __all__ = ["FusedBottleneck", "BottleneckLayout", "match_bottleneck"]
 
@@ -121,5 +121,5 @@ class FusedBottleneck(nn.Module):
                 continue
             mean, var_unb = parts[key]
             cumulative = bn.momentum is None
-            _update_op(bn.running_mean, bn.running_var, bn.num_batches_tracked if cumulative else None,
+            update_running_stats_op(bn.running_mean, bn.running_var, bn.num_batches_tracked if cumulative else None,
                        mean, var_unb, 0.0 if cumulative else float(bn.momentum), cumulative, backend)

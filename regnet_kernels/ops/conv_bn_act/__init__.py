@@ -322,7 +322,7 @@ _eval_op.register_autograd(_eval_backward, setup_context=_eval_setup_context)
 # Running statistics
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("regnet_kernels::bn_update_running_stats", mutates_args=("running_mean", "running_var"))
-def _update_op(
+def update_running_stats_op(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
     num_batches_tracked: Optional[torch.Tensor],
@@ -337,7 +337,7 @@ def _update_op(
                               cumulative)
 
 
-@_update_op.register_fake
+@update_running_stats_op.register_fake
 def _(running_mean, running_var, num_batches_tracked, mean, var_unbiased, momentum, cumulative, backend):
     return None
 
@@ -457,7 +457,7 @@ def conv_bn_act(
             num_batches_tracked.add_(1)
         if empty:  # nn.BatchNorm2d counts an empty batch but leaves the running statistics alone
             return out
-        _update_op(running_mean, running_var, num_batches_tracked if cumulative else None, mean.detach(),
+        update_running_stats_op(running_mean, running_var, num_batches_tracked if cumulative else None, mean.detach(),
                    var_unb.detach(), 0.0 if cumulative else float(momentum), cumulative, be)
     return out
 

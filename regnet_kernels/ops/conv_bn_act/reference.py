@@ -22,7 +22,7 @@ def out_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """BatchNorm arithmetic dtype: fp32 for fp16/bf16/fp32 activations, fp64 for fp64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -67,7 +67,7 @@ def conv_bn_act_train(
     """
     fmt = out_memory_format(x)
     y = F.conv2d(x, weight, None, stride, padding, 1, groups).contiguous(memory_format=fmt)
-    yf = y.to(_acc_dtype(y.dtype))
+    yf = y.to(acc_dtype(y.dtype))
     count = y.numel() // y.shape[1]
     if count == 0:  # an empty batch has no statistics (the caller leaves the running estimates alone)
         var = mean = torch.full((y.shape[1],), float("nan"), dtype=yf.dtype, device=y.device)
@@ -102,7 +102,7 @@ def conv_bn_act_train_backward(
     group=None,
 ):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
-    yf = y.to(_acc_dtype(y.dtype))
+    yf = y.to(acc_dtype(y.dtype))
     g = grad_out.to(yf.dtype)
     scale = _scale(gamma, invstd)
     if relu:
@@ -150,7 +150,7 @@ def conv_bn_act_eval(
     """Eval-mode forward: ``act((conv(x) - running_mean) * gamma / sqrt(running_var + eps) + beta)``."""
     fmt = out_memory_format(x)
     y = F.conv2d(x, weight, None, stride, padding, 1, groups)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
     z = _bn_apply(y.to(acc), running_mean.to(acc), _scale(gamma, invstd), beta)
     if relu:
@@ -180,7 +180,7 @@ def conv_bn_act_eval_backward(
     ``dW = s * wgrad(x, dz)``, ``ds = sum(W * wgrad(x, dz)) - mean * sum(dz)`` (no need to keep the
     conv output), ``dgamma = ds * invstd``, ``dbeta = sum(dz)``.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     g = grad_out.to(acc)
     if relu:
         g = relu_grad(g, out)

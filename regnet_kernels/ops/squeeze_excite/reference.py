@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from regnet_kernels.ops.conv_bn_act.reference import _acc_dtype, out_memory_format, relu_grad
+from regnet_kernels.ops.conv_bn_act.reference import acc_dtype, out_memory_format, relu_grad
 
 
 def _flat(w: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -24,7 +24,7 @@ def _fc1(pooled, w1, b1):
 def squeeze_excite(x: torch.Tensor, w1, b1: Optional[torch.Tensor], w2, b2: Optional[torch.Tensor]):
     """Returns ``(out, pooled, gate)``: ``out`` in ``x``'s dtype and memory format, ``pooled`` and ``gate``
     ``(N, C)`` in fp32."""
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     xf = x.to(acc)
     pooled = xf.mean(dim=(2, 3))
     h = torch.relu(_fc1(pooled, w1, b1))
