@@ -364,11 +364,14 @@ def test_opcheck_bottleneck_train():
 
 def test_opcheck_bottleneck_train_backward():
     args = _block_op_args(training=True)
-    x, params, conf = args[0], args[1:17], args[17:]
+    from regnet_kernels.ops.bottleneck import DIFF_INPUTS
+
+    n = len(DIFF_INPUTS)
+    x, params, (stride, groups, _eps, backend) = args[0], args[1:n], args[n:]
     with torch.no_grad():
         out, *saved = torch.ops.regnet_kernels.bottleneck_train.default(*args)
     mask = [t is not None for t in (x, *params)]
-    bwd_args = (torch.randn_like(out), x, *params, *saved, conf[0], conf[1], conf[2], mask, conf[3])
+    bwd_args = (torch.randn_like(out), x, *params, *saved, stride, groups, mask, backend)
     torch.library.opcheck(torch.ops.regnet_kernels.bottleneck_train_backward.default, _detached(bwd_args))
 
 

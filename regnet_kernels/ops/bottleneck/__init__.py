@@ -22,10 +22,15 @@ from regnet_kernels.ops.conv_bn_act import check_conv_bn
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 from regnet_kernels.ops.squeeze_excite import check_se
 
-__all__ = ["OP_NAME", "PARAM_NAMES", "bottleneck_train", "bottleneck_eval"]
+__all__ = ["OP_NAME", "PARAM_NAMES", "DIFF_INPUTS", "CONFIG_INPUTS", "SAVED_OUTPUTS", "bottleneck_train", "bottleneck_eval"]
 
 OP_NAME = "bottleneck"
 PARAM_NAMES = ("wa", "ga", "ba", "wb", "gb", "bb", "w1", "b1", "w2", "b2", "wc", "gc", "bc", "wp", "gp", "bp")
+#: ``bottleneck_train``'s inputs: the differentiable tensors, then the configuration (no gradient)
+DIFF_INPUTS = ("x",) + PARAM_NAMES
+CONFIG_INPUTS = ("stride", "groups", "eps", "backend")
+#: what its forward returns besides ``out`` and backward keeps (never differentiated)
+SAVED_OUTPUTS = ("ya", "yb", "yc", "pooled", "gate", "stats")
 _dispatch.register_kernel_checks(
     OP_NAME, "the cuda backend has no whole-block kernel (per-op fusion is used instead)")
 
@@ -117,14 +122,13 @@ def _train_bwd_op(
     pooled: torch.Tensor, gate: torch.Tensor, stats: torch.Tensor,
     stride: int,
     groups: int,
-    eps: List[float],
     output_mask: List[bool],
     backend: str,
 ) -> List[torch.Tensor]:
     params = (wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
     impl = _impl(backend, (grad_out, x) + tuple(p for p in params if p is not None))
     grads = impl.block_train_backward(grad_out, x, params, (ya, yb, yc, pooled, gate, stats), stride, groups,
-                                      eps, output_mask)
+                                      output_mask)
     # custom ops cannot return None: absent gradients come back as distinct empty tensors
     return [g.contiguous(memory_format=out_memory_format(x)) if (i == 0 and g is not None)
             else (g if g is not None else x.new_empty((0,))) for i, g in enumerate(grads)]
@@ -132,7 +136,7 @@ def _train_bwd_op(
 
 @_train_bwd_op.register_fake
 def _(grad_out, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, ya, yb, yc, pooled, gate,
-      stats, stride, groups, eps, output_mask, backend):
+      stats, stride, groups, output_mask, backend):
     tensors = (x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
     out = []
     for i, (t, want) in enumerate(zip(tensors, output_mask)):
@@ -150,19 +154,22 @@ def _setup_context(ctx, inputs, output):
     out, ya, yb, yc, pooled, gate, stats = output
     ctx.save_for_backward(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp,
                           ya, yb, yc, pooled, gate, stats)
-    ctx.conf = (stride, groups, list(eps), backend)
+    ctx.conf = (stride, groups, backend)
     ctx.mark_non_differentiable(ya, yb, yc, pooled, gate, stats)
 
 
 def _backward(ctx, grad_out, *_unused):
     saved = ctx.saved_tensors
-    tensors, rest = saved[:17], saved[17:]
-    stride, groups, eps, backend = ctx.conf
-    mask = [bool(ctx.needs_input_grad[i]) and tensors[i] is not None for i in range(17)]
+    n = len(DIFF_INPUTS)
+    tensors, kept = saved[:n], saved[n:]  # (DIFF_INPUTS, then SAVED_OUTPUTS: see _setup_context)
+    stride, groups, backend = ctx.conf
+    mask = [bool(ctx.needs_input_grad[i]) and tensors[i] is not None for i in range(n)]
+    no_grad_for_config = (None,) * len(CONFIG_INPUTS)
     if grad_out is None or not any(mask):
-        return (None,) * 21
-    grads = _train_bwd_op(grad_out, *tensors, *rest, stride, groups, eps, mask, backend)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 4  # (empty when the batch is)
+        return (None,) * n + no_grad_for_config
+    grads = _train_bwd_op(grad_out, *tensors, *kept, stride, groups, mask, backend)
+    # (a gradient comes back empty when the batch is)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + no_grad_for_config
 
 
 _train_op.register_autograd(_backward, setup_context=_setup_context)

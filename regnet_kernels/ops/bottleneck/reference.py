@@ -81,7 +81,7 @@ def _act(y: torch.Tensor, stats, gamma, beta, relu: bool) -> torch.Tensor:
     return (torch.relu(z) if relu else z).to(y.dtype)
 
 
-def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, eps, output_mask):
+def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, output_mask):
     """Gradients for ``(x, *params)`` from the per-op reference backwards, chained through the block."""
     wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
     ya, yb, yc, pooled, gate, stats = saved

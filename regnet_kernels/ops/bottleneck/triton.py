@@ -65,7 +65,7 @@ def _affine(stats, gamma, beta):
     return mean, scale, bias, invstd
 
 
-def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, eps, output_mask):
+def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, output_mask):
     """Gradients for ``(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)``."""
     wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp = params
     ya, yb, yc, pooled, gate, stats = saved
