@@ -199,8 +199,9 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     block_k = min(block_k, 16 if kh * kw > 1 else 32)
     if fused_io:
         # a gate in the prologue and a residual in the epilogue (the eval block's conv c) hold two more
-        # tiles live: BLOCK_K 32 spilled 8 B per thread at 255 registers (1x1, sm_90)
-        block_k = 16
+        # tiles live: BLOCK_K 32 spilled 8 B per thread at 255 registers (1x1, sm_90), and 64-row tiles on 4
+        # warps (batch 1) spilled 144 B: BLOCK_K 16 on 8 warps
+        block_k, num_warps = 16, 8
     return ConvConfig(block_m, block_n, block_k, num_warps, 2)
 
 
