@@ -208,7 +208,10 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     if elem_bytes == 4:
         # fp32 multiplies on the FMA units (IEEE), whose dot keeps operand rows and columns in registers:
         # 128 x 64 tiles spilled 20-420 B per thread in 54 of 162 regnet_y_400mf specialisations (sm_90)
-        block_n, block_k, num_warps = min(block_n, 32), 16, 8
+        # (and 128 x 32 still spilled 112-128 B in the 3x3 data gradient): 64 x 32 tiles on 8 warps
+        # single-buffered (the FMA dot does not overlap loads the way wgmma does; 2 stages still spilled),
+        # 32 rows for 1x1 convs (the strided 1x1 projection spilled 44-52 B at 64)
+        return ConvConfig(64 if kh * kw > 1 else 32, min(block_n, 32), 16, 8, 1)
     return ConvConfig(block_m, block_n, block_k, num_warps, 2)
 
 
@@ -258,7 +261,12 @@ def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: 
     reduction ``M = N*Ho*Wo`` is split ``split`` ways (split-K) so that the grid fills the GPU."""
     # on a GPU the output-channel side is the dot's M: wgmma needs 64 rows per warpgroup
     bco = _clamp_pow2(c_out, 16 if target.interpret else 64, 64)
+    if elem_bytes == 4 and not target.interpret:
+        # fp32 runs on the FMA units (no wgmma to feed): 64 x 64 tiles spilled up to 7 KB per thread
+        bco = _clamp_pow2(c_out, 16, 32)
     bci = _packed_k(c_out, bco, cin_g, cout_g)
+    if elem_bytes == 4 and not target.interpret:
+        bci = min(bci, 32)
     bm = 32  # the pixel reduction per step: 64 spilled with the BN + gate prologue (sm_90)
     n_co = _cdiv(c_out, bco)
     # widest input-channel range any output tile spans, in BLOCK_CI chunks
@@ -273,6 +281,8 @@ def conv_wgrad_config(M: int, c_out: int, cin_g: int, cout_g: int, kh: int, kw: 
         split = min(split, 2)
     m_per_split = _cdiv(_cdiv(M, split), bm) * bm
     split = _cdiv(M, m_per_split)
+    if elem_bytes == 4 and not target.interpret:  # 32 x 32 fp32 tiles on 4 warps, 2 stages spilled 24-116 B
+        return WgradConfig(bco, bci, bm, n_co, n_ci, split, m_per_split, 8, 1)
     return WgradConfig(bco, bci, bm, n_co, n_ci, split, m_per_split, 4, 1 if target.interpret else 2)
 
 
@@ -300,8 +310,9 @@ def ew_config(M: int, C: int, target: Target) -> TileConfig:
 def channel_sum_config(HW: int, C: int, target: Target) -> TileConfig:
     """Per-(sample, channel) spatial sums (SE pool, SE gate gradient): ``block_m`` pixels per step."""
     bc = _clamp_pow2(C, 16, 64)
-    bhw = 64 if target.interpret else max(16, min(256, 8192 // bc))
-    return TileConfig(bhw, bc, 4, 1 if target.interpret else 3)
+    # 4096 values per step, double-buffered: 128 x 64 fp32 with 3 stages spilled (sm_90)
+    bhw = 64 if target.interpret else max(16, min(256, 4096 // bc))
+    return TileConfig(bhw, bc, 4, 1 if target.interpret else 2)
 
 
 class FcConfig(NamedTuple):
