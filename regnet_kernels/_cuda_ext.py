@@ -250,9 +250,9 @@ def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def layout_of(t: torch.Tensor) -> torch.memory_format:
     """channels_last when ``t`` is laid out channels-last (and not also plain contiguous)."""
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+    from regnet_kernels.geometry import memory_format_of
+
+    return memory_format_of(t)
 
 
 def dense(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:

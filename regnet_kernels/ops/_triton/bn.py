@@ -14,6 +14,7 @@ import triton.language as tl
 from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
 from regnet_kernels._triton_utils import launch, target
 from regnet_kernels.ops._triton import config as _cfg
+from regnet_kernels.geometry import memory_format_of
 
 
 @triton.jit
@@ -230,8 +231,7 @@ def collapsible(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         pixel_strides(t)
         return t
     except ValueError:
-        cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-        return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        return t.contiguous(memory_format=memory_format_of(like))
 
 
 def bn_finalize(part_mean, part_m2, m_total: int, rows_per_tile: int, gamma, beta, eps: float):

@@ -30,6 +30,7 @@ import triton.language as tl
 from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu
 from regnet_kernels._triton_utils import dot_in_fp32, ieee_dot, launch, target
 from regnet_kernels.ops._triton import config as _cfg
+from regnet_kernels.geometry import conv_out_size, memory_format_of
 
 
 @triton.jit
@@ -323,15 +324,11 @@ def conv_wgrad_kernel(
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
-def _out_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
 
 
 def empty_like_format(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """Allocate ``shape`` in ``t``'s memory format (channels_last stays channels_last)."""
-    cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=fmt)
+    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=memory_format_of(t))
 
 
 def conv2d_fwd(
@@ -360,7 +357,7 @@ def conv2d_fwd(
     N, C_in, H, W = x.shape
     C_out, cin_g, KH, KW = weight.shape
     cout_g = C_out // groups
-    HO, WO = _out_size(H, KH, stride, padding), _out_size(W, KW, stride, padding)
+    HO, WO = conv_out_size(H, KH, stride, padding), conv_out_size(W, KW, stride, padding)
     M = N * HO * WO
     if out is None:
         out = empty_like_format(x, (N, C_out, HO, WO))

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from regnet_kernels.geometry import conv_out_size
 from regnet_kernels.ops import _dispatch
 from regnet_kernels.ops.conv_bn_act import check_conv_bn
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
@@ -41,8 +42,8 @@ def _impl(backend: str, tensors):
 
 def _shapes(x, wa, wb, wc, stride):
     N, _, H, W = x.shape
-    Ho = (H + 2 * (wb.shape[-1] // 2) - wb.shape[-1]) // stride + 1
-    Wo = (W + 2 * (wb.shape[-1] // 2) - wb.shape[-1]) // stride + 1
+    k = wb.shape[-1]
+    Ho, Wo = conv_out_size(H, k, stride, k // 2), conv_out_size(W, k, stride, k // 2)
     return (N, wa.shape[0], H, W), (N, wb.shape[0], Ho, Wo), (N, wc.shape[0], Ho, Wo)
 
 

@@ -22,6 +22,7 @@ import torch
 from regnet_kernels import backends as _backends
 from regnet_kernels.ops import _dispatch
 from regnet_kernels import distributed as _dist
+from regnet_kernels.geometry import conv_out_size
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["conv_bn_act", "OP_NAME"]
@@ -35,14 +36,10 @@ def _impl(backend: str, tensors):
     return _dispatch.implementation(OP_NAME, "regnet_kernels.ops.conv_bn_act", backend, tensors)
 
 
-def _out_hw(size: int, k: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - k) // stride + 1
-
-
 def _empty_out(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     N, _, H, W = x.shape
     C, _, KH, KW = weight.shape
-    shape = (N, C, _out_hw(H, KH, stride, padding), _out_hw(W, KW, stride, padding))
+    shape = (N, C, conv_out_size(H, KH, stride, padding), conv_out_size(W, KW, stride, padding))
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
 
 
@@ -102,7 +99,7 @@ def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, gr
         raise RuntimeError(f"{who}: all tensors must be on the same device, got "
                            + ", ".join(sorted(str(d) for d in devices)))
     KH, KW = weight.shape[2], weight.shape[3]
-    HO, WO = _out_hw(shape[2], KH, stride, padding), _out_hw(shape[3], KW, stride, padding)
+    HO, WO = conv_out_size(shape[2], KH, stride, padding), conv_out_size(shape[3], KW, stride, padding)
     if HO < 1 or WO < 1:
         raise _dispatch.ShapeError(
             f"{who}: input {shape[2:]} is too small for a {KH}x{KW} kernel with padding {padding}: Calculated "

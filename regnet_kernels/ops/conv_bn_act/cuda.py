@@ -24,16 +24,13 @@ import torch
 from regnet_kernels import _cuda_ext as _ext
 from regnet_kernels import distributed as _dist
 from regnet_kernels.ops.conv_bn_act import reference as _ref
+from regnet_kernels.geometry import conv_out_size
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 #: Tests set this to force a number of split-K slices in the weight gradient (None: the heuristic).
 WGRAD_SPLITS: Optional[int] = None
 
 _OP = "conv_bn_act"
-
-
-def _out_hw(size: int, k: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - k) // stride + 1
 
 
 def _geometry(x_shape, w_shape, stride: int, padding: int, groups: int) -> tuple:
@@ -45,7 +42,7 @@ def _geometry(x_shape, w_shape, stride: int, padding: int, groups: int) -> tuple
                          f"with {C_in} channels")
     if stride < 1 or padding < 0:
         raise ValueError(f"{_OP} (cuda backend): stride must be >= 1 and padding >= 0")
-    HO, WO = _out_hw(H, KH, stride, padding), _out_hw(W, KW, stride, padding)
+    HO, WO = conv_out_size(H, KH, stride, padding), conv_out_size(W, KW, stride, padding)
     if HO < 1 or WO < 1:
         raise ValueError(f"{_OP} (cuda backend): input {(H, W)} is too small for a {KH}x{KW} kernel")
     return N, C_in, H, W, C_out, HO, WO, KH, KW, int(stride), int(padding), int(groups)

@@ -10,16 +10,15 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+
+from regnet_kernels.geometry import memory_format_of
 import torch.nn.functional as F
 
 from regnet_kernels import distributed as _dist
 
 
-def out_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is laid out channels-last (and not also plain contiguous)."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+#: the memory format outputs take (the input's): one definition, in :mod:`regnet_kernels.geometry`
+out_memory_format = memory_format_of
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
