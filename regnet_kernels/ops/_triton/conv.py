@@ -307,13 +307,7 @@ def conv_wgrad_kernel(
                 b = _apply_prologue(b, b_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
                                     gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
                 b = cast_to(b, x_ptr.dtype.element_ty)
-            if DOT_F32:
-                if IEEE:
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-            else:
-                acc = tl.dot(a, b.to(a.dtype), acc)
+            acc = _mma(a, b.to(a.dtype), acc, DOT_F32, IEEE)
 
     ci_l = ci[None, :] - (offs_co[:, None] // COUT_G) * CIN_G
     mask = co_ok[:, None] & ci_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
