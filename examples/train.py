@@ -550,7 +550,7 @@ def _fp32_is_ieee(device: torch.device) -> None:
 
 def _launches() -> Dict[str, int]:
     """Launch counts of our Triton kernels so far (empty until a Triton op has run)."""
-    utils = sys.modules.get("regnet_kernels._triton_utils")
+    utils = sys.modules.get("regnet_kernels.kernels.triton.runtime")
     return dict(utils.LAUNCHES) if utils is not None else {}
 
 

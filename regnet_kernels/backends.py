@@ -79,7 +79,7 @@ def triton_interpreting() -> bool:
     """
     import sys
 
-    utils = sys.modules.get("regnet_kernels._triton_utils")
+    utils = sys.modules.get("regnet_kernels.kernels.triton.runtime")
     if utils is not None:
         return bool(utils.INTERPRET)
     try:
@@ -239,7 +239,7 @@ def _triton_device(device: torch.device) -> Optional[str]:
             "triton runs CPU tensors only in interpreter mode: set TRITON_INTERPRET=1 before the "
             "first triton op runs"
         )
-    if device.type == "meta" and getattr(sys.modules.get("regnet_kernels._triton_utils"), "_RECORDER", None):
+    if device.type == "meta" and getattr(sys.modules.get("regnet_kernels.kernels.triton.runtime"), "_RECORDER", None):
         return None  # the launch plan records launches on meta tensors (regnet_kernels.benchmark.plan)
     return f"triton backend does not support device type {device.type!r}"
 

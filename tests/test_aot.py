@@ -36,7 +36,7 @@ def test_plan_matches_the_launches_that_run(mode):
     from conftest import kernel_ready
 
     kernel_ready("triton", "bottleneck")
-    from regnet_kernels._triton_utils import LAUNCHES
+    from regnet_kernels.kernels.triton.runtime import LAUNCHES
 
     torch.manual_seed(0)
     net = rk.optimize(_tiny().to(memory_format=torch.channels_last), backend="triton")
@@ -58,7 +58,7 @@ def test_plan_matches_the_launches_that_run(mode):
 
 
 def test_plan_uses_the_config_home():
-    from regnet_kernels.ops._triton import config
+    from regnet_kernels.kernels.triton import config
 
     p = plan("regnet_y_400mf", "infer", batch=256, dtype="bf16")
     stem = p.launches[0]

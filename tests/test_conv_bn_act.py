@@ -196,7 +196,7 @@ def test_large_mean_input(backend):
 
 def test_triton_kernels_ran():
     _triton_ready()
-    from regnet_kernels._triton_utils import LAUNCHES
+    from regnet_kernels.kernels.triton.runtime import LAUNCHES
 
     before = dict(LAUNCHES)
     compare(CONFIGS["gw8"], torch.float16, True)

@@ -1,4 +1,4 @@
-"""The hand-written CUDA backend (csrc/ + regnet_kernels/_cuda_ext.py + ops/*/cuda.py).
+"""The hand-written CUDA backend (csrc/ + regnet_kernels/kernels/cuda/ext.py + ops/*/cuda.py).
 
 CPU (these run in CI):
 - the extension: imports when built, build_info() archs, config() == config.cuh, error translation
@@ -44,7 +44,8 @@ import test_edges as tedge
 import test_squeeze_excite as tse
 from _numerics import check, rel_err
 from conftest import HAS_CUDA
-from regnet_kernels import _cuda_ext, backends
+from regnet_kernels import backends
+from regnet_kernels.kernels.cuda import ext as _cuda_ext
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -175,7 +175,7 @@ def test_exported_triton_program_runs_the_kernels_after_load(tmp_path):
     """optimize(backend="triton"): the graph records "triton"; the reloaded program launches the Triton
     kernels (through the interpreter on CPU) and matches eager."""
     kernel_ready("triton", "bottleneck")
-    utils = importlib.import_module("regnet_kernels._triton_utils")
+    utils = importlib.import_module("regnet_kernels.kernels.triton.runtime")
     pair = _pair("zoo_regnetx_tiny", backend="triton")
     fused = copy.deepcopy(pair.fused).to(DEVICE)
     ep = rk_export.export(fused, _inputs(2).to(DEVICE))

@@ -1,6 +1,6 @@
 """The tile configurations a GPU gets, checked for numerics under the interpreter.
 
-``ops/_triton/config.py`` gives the interpreter small tiles and a GPU the tiles the ahead-of-time report
+``kernels/triton/config.py`` gives the interpreter small tiles and a GPU the tiles the ahead-of-time report
 sized (128-row tiles, 16-wide reductions, fp32 tiles for the FMA dot, split-K wgrad...). Those GPU tiles
 only run on a GPU, so here the launchers are made to plan for an sm_90 target while the kernels still run
 in the interpreter: every GPU tile path is checked against eager on the CPU.
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the 
 
 @contextlib.contextmanager
 def gpu_tiles(monkeypatch):
-    from regnet_kernels.ops._triton import block, bn, config, conv, se
+    from regnet_kernels.kernels.triton import block, bn, config, conv, se
 
     sm90 = config.Target(False, 132, 90)
     for mod in (block, bn, conv, se):

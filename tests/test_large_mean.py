@@ -97,7 +97,7 @@ def test_block_training_large_mean(kind, mean, seed, channels_last):
 def test_input_shift_only_where_the_mean_dominates():
     """The shift is per channel and only where the mean dominates the spread: a mean-0 channel shifted by
     one sample would cost digits in its running mean; NaN / Inf and 16-bit inputs are never shifted."""
-    from regnet_kernels.ops._triton.conv import input_shift, shift_offset
+    from regnet_kernels.kernels.triton.conv import input_shift, shift_offset
 
     x = torch.randn(2, 5, 6, 7, generator=torch.Generator().manual_seed(0))
     x[:, 1] += 1e4

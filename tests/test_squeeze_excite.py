@@ -109,7 +109,7 @@ def test_no_bias_and_2d_weights(backend):
 
 def test_triton_kernels_ran():
     _triton_ready()
-    from regnet_kernels._triton_utils import LAUNCHES
+    from regnet_kernels.kernels.triton.runtime import LAUNCHES
 
     before = dict(LAUNCHES)
     compare(SHAPES["7x7"], torch.float16)

@@ -35,7 +35,7 @@ def example():
 
 
 def _launches() -> Counter:
-    return Counter(importlib.import_module("regnet_kernels._triton_utils").LAUNCHES)
+    return Counter(importlib.import_module("regnet_kernels.kernels.triton.runtime").LAUNCHES)
 
 
 def _check_files(res: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The tuned-config table (ops/_triton/config.py) and the tuner (benchmark/tune.py) on CPU: the lookup, a
+"""The tuned-config table (kernels/triton/config.py) and the tuner (benchmark/tune.py) on CPU: the lookup, a
 dry run of the sweep on tiny convs under the interpreter, and the rejection of a differing candidate."""
 import json
 import re
@@ -8,7 +8,7 @@ import torch
 
 from regnet_kernels.benchmark import tune
 from regnet_kernels.benchmark.plan import plan
-from regnet_kernels.ops._triton import config
+from regnet_kernels.kernels.triton import config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the Triton interpreter (conftest sets it)
 GPU = config.Target.gpu(90)

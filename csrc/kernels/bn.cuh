@@ -1,6 +1,6 @@
 // BatchNorm around the fused conv: statistics finalize, running-statistics update, normalize + ReLU,
 // and the backward passes (dReLU fused with the two per-channel reductions; the conv-output
-// gradient). The CUDA twin of regnet_kernels/ops/_triton/bn.py.
+// gradient). The CUDA twin of regnet_kernels/kernels/triton/bn.py.
 //
 // Layout convention for the per-channel kernels: every tensor of one call is dense in the same
 // memory format (the Python side makes it so), NCHW or channels_last. Storage index

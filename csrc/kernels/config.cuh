@@ -1,5 +1,5 @@
 // Launch-geometry constants shared by the kernels, the host launchers (csrc/*.cu) and the Python side
-// (regnet_kernels/_cuda_ext.py reads this file for the CuPy JIT path; the compiled extension reports
+// (regnet_kernels/kernels/cuda/ext.py reads this file for the CuPy JIT path; the compiled extension reports
 // the same values through _C.config()). Plain #defines with integer literals only: they are parsed.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Grouped 2-D convolution as implicit GEMM: forward (with the BatchNorm statistics / eval-BatchNorm
 // epilogue), data gradient, and split-K weight gradient. The CUDA twin of
-// regnet_kernels/ops/_triton/conv.py; same algorithm, same numerics contract.
+// regnet_kernels/kernels/triton/conv.py; same algorithm, same numerics contract.
 //
 // Every tensor is addressed through its own (n, c, h, w) strides ("NHWC logic, any layout"), so NCHW,
 // channels_last and strided views are read in place. Small groups are packed block-diagonally: a tile

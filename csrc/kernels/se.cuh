@@ -1,5 +1,5 @@
 // Squeeze-excitation: global average pool, both FCs (+ ReLU, sigmoid) in one kernel, the channel scale,
-// and their backward pieces. The CUDA twin of regnet_kernels/ops/_triton/se.py.
+// and their backward pieces. The CUDA twin of regnet_kernels/kernels/triton/se.py.
 //
 // x is (N, C, H, W), dense NCHW or channels_last (storage index n*C*HW + c*cs + hw*ps);
 // pooled, gate, dgate, dpooled are (N, C) fp32; w1 (S, C), w2 (C, S) fp32 with S the squeeze width.

@@ -34,8 +34,7 @@ __all__ = ["compile_specs", "run_aot", "summary_lines", "default_cache_dir", "ad
 
 _PKG = Path(__file__).resolve().parents[1]
 # kernel sources (a config change alters a spec's constexprs, which are in its hash already)
-_KERNEL_SOURCES = sorted(p for p in (_PKG / "ops" / "_triton").glob("*.py") if p.name != "config.py") + [
-    _PKG / "_triton_utils.py"]
+_KERNEL_SOURCES = sorted(p for p in (_PKG / "kernels" / "triton").glob("*.py") if p.name != "config.py")
 
 
 def default_cache_dir() -> Path:

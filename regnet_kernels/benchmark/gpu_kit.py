@@ -22,10 +22,10 @@ is what CI runs.
 ``--tune`` adds a last step (150 s more budget, the step capped at what is left of it):
 :mod:`regnet_kernels.benchmark.tune` sweeps a small config set for the slowest conv shapes of the main
 model (by the launch model) and writes the winners, in the format of the committed table
-``regnet_kernels/ops/_triton/tuned.json``, plus every candidate's timing, to ``OUTDIR/tuned.json``; that
+``regnet_kernels/kernels/triton/tuned.json``, plus every candidate's timing, to ``OUTDIR/tuned.json``; that
 file takes the place of ``speedup.png`` (the chart is not drawn; its data stay in bench.json), so the kit
 still writes at most 8 files. To use the winners, commit them:
-``cp OUTDIR/tuned.json regnet_kernels/ops/_triton/tuned.json``. With ``--dry-run`` the sweep runs at tiny
+``cp OUTDIR/tuned.json regnet_kernels/kernels/triton/tuned.json``. With ``--dry-run`` the sweep runs at tiny
 sizes (CPU: under the interpreter, timings meaningless; its table is marked DRY RUN and is not for
 committing).
 """
@@ -49,7 +49,7 @@ FILES = ("summary.txt", "kit.log", "env.json", "tests.xml", "smoke.json", "bench
          "profile.json")
 #: With ``--tune`` the tuned table takes the chart's place (still 8 files at most).
 FILES_TUNE = tuple("tuned.json" if f == "speedup.png" else f for f in FILES)
-TUNED_HOME = "regnet_kernels/ops/_triton/tuned.json"
+TUNED_HOME = "regnet_kernels/kernels/triton/tuned.json"
 TUNE_EXTRA_S = 150.0
 
 

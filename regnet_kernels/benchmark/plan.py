@@ -11,9 +11,9 @@ real module, op and launcher code. Two small hooks make that possible:
 
 - a ``TorchDispatchMode`` sends the ``regnet_kernels::*`` custom ops to their Triton implementation
   (on meta tensors the dispatcher would otherwise pick their fake/meta implementation);
-- while a recorder is installed (:func:`regnet_kernels._triton_utils.set_recorder`), every launcher's
+- while a recorder is installed (:func:`regnet_kernels.kernels.triton.runtime.set_recorder`), every launcher's
   ``launch(kernel, grid, device)(...)`` hands the launch to the recorder instead of running it, and
-  the launchers choose their configs (:mod:`regnet_kernels.ops._triton.config`) for the planned GPU
+  the launchers choose their configs (:mod:`regnet_kernels.kernels.triton.config`) for the planned GPU
   rather than for this process (which may be interpreting).
 
 Meta tensors have shapes and strides but no data, so planning regnet_x_3_2gf at batch 256 takes a
@@ -182,7 +182,7 @@ def _flops(kernel: str, v: dict, grid) -> Tuple[int, int]:
 
 
 class Recorder:
-    """Collects launches (installed with :func:`regnet_kernels._triton_utils.set_recorder`)."""
+    """Collects launches (installed with :func:`regnet_kernels.kernels.triton.runtime.set_recorder`)."""
 
     def __init__(self, target):
         self.target = target
@@ -274,8 +274,8 @@ def plan(model, mode: str = "infer", batch: int = 1, resolution: int = 224, dtyp
     Returns:
         A :class:`Plan`; ``plan.specs()`` gives the distinct specialisations to compile.
     """
-    from regnet_kernels import _triton_utils
-    from regnet_kernels.ops._triton.config import Target
+    from regnet_kernels.kernels.triton import runtime as _triton_utils
+    from regnet_kernels.kernels.triton.config import Target
 
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")

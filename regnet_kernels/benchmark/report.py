@@ -212,7 +212,7 @@ def _ensure_interpreter(cfg: Config) -> Optional[str]:
     """On a CPU-only machine, turn the Triton interpreter on if no kernel module decided otherwise yet."""
     if cfg.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") is not None:
         return None
-    if "regnet_kernels._triton_utils" in sys.modules:
+    if "regnet_kernels.kernels.triton.runtime" in sys.modules:
         return None
     os.environ["TRITON_INTERPRET"] = "1"
     return "no GPU: set TRITON_INTERPRET=1 so the Triton kernels run (slowly) for the numerics check"

@@ -9,8 +9,8 @@
 2. keep the ``--top`` shapes with the largest modelled time (:mod:`regnet_kernels.benchmark.launch_model`,
    summed over the launches of that shape);
 3. for each, build random inputs on the device and run the real launcher of
-   :mod:`regnet_kernels.ops._triton.conv` under each candidate config (forced through
-   :func:`regnet_kernels.ops._triton.config.override`): a candidate must compile, not spill registers,
+   :mod:`regnet_kernels.kernels.triton.conv` under each candidate config (forced through
+   :func:`regnet_kernels.kernels.triton.config.override`): a candidate must compile, not spill registers,
    and give the default config's outputs within fp32 reassociation (relative to the output's largest
    magnitude: 1e-4 for fp32 outputs, 2**-9 for fp16, 2**-7 for bf16, NaN where NaN), else it is
    rejected; the survivors are timed (``triton.testing.do_bench`` median on a GPU, a wall clock under
@@ -27,7 +27,7 @@ fixed by the group packing) the pixel step ``block_m`` {32, 64}, the split-K cou
 ``num_warps`` and ``num_stages``. A field whose default lies outside these values keeps its default.
 
 The output is a table (``{"_source", "entries", "shapes"}``): ``entries`` as
-``regnet_kernels/ops/_triton/tuned.json`` holds them (the committed entries not re-tuned are carried
+``regnet_kernels/kernels/triton/tuned.json`` holds them (the committed entries not re-tuned are carried
 over), ``shapes`` the per-shape timings of every candidate. ``--dry-run`` runs the same path at tiny sizes
 (resolution 32, batch 1, spatial size clipped) on whatever device this is: under the Triton interpreter
 the timings mean nothing, the code path, override, correctness check and JSON are what it proves.
@@ -132,7 +132,7 @@ class Runner:
     """Random inputs for ``shape`` on ``device`` and the real launcher, run under a forced config."""
 
     def __init__(self, shape: ConvShape, device, seed: int = 0):
-        from regnet_kernels.ops._triton import conv
+        from regnet_kernels.kernels.triton import conv
 
         self.shape, self.device = shape, torch.device(device)
         s, dev, dt = shape, self.device, _DTYPES[shape.dtype]
@@ -178,7 +178,7 @@ class Runner:
 
     def config_args(self) -> dict:
         """The arguments the launcher passes to its config function (captured through the override)."""
-        from regnet_kernels.ops._triton import config
+        from regnet_kernels.kernels.triton import config
 
         with config.override(self.kind) as seen:
             self.launch()
@@ -186,8 +186,8 @@ class Runner:
 
     def default(self) -> dict:
         """The config fields that run today (tuned table, else the rules) for this shape."""
-        from regnet_kernels import _triton_utils
-        from regnet_kernels.ops._triton import config
+        from regnet_kernels.kernels.triton import runtime as _triton_utils
+        from regnet_kernels.kernels.triton import config
 
         cfg = getattr(config, f"{self.kind}_config")(**self.config_args(), target=_triton_utils.target(self.device))
         return {k: int(getattr(cfg, k)) for k in self.fields}
@@ -198,7 +198,7 @@ class Runner:
     def outputs(self, fields: dict) -> List[torch.Tensor]:
         """The launcher's results under ``fields``: the output, plus per-channel mean and variance when
         the forward accumulates BatchNorm statistics (its per-tile partials depend on the tile)."""
-        from regnet_kernels.ops._triton import config
+        from regnet_kernels.kernels.triton import config
 
         with config.override(self.kind, **fields):
             r = self.launch()
@@ -255,7 +255,7 @@ def mismatch(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], dtype: 
 @contextlib.contextmanager
 def _compiled_kernels():
     """Collect what the conv launchers' launches return (Triton's compiled kernel; None when interpreting)."""
-    from regnet_kernels.ops._triton import conv
+    from regnet_kernels.kernels.triton import conv
 
     got: list = []
     orig = conv.launch
@@ -283,7 +283,7 @@ def _compiled_kernels():
 def candidates(kind: str, default: dict, args: dict, limit: int = 12) -> List[dict]:
     """The default first, then the candidates nearest to it (fewest fields changed, then by value),
     ``limit`` in all. ``args`` are the config function's arguments (sizes prune useless tiles)."""
-    from regnet_kernels.ops._triton.config import next_pow2
+    from regnet_kernels.kernels.triton.config import next_pow2
 
     if kind == "conv_wgrad":
         d = default["split"]
@@ -333,7 +333,7 @@ def tune_shape(runner: Runner, cands: Optional[List[dict]] = None, *, limit: int
                 row["status"] = f"rejected: differs from the default: {why}"
                 continue
             with contextlib.ExitStack() as st:
-                from regnet_kernels.ops._triton import config
+                from regnet_kernels.kernels.triton import config
 
                 st.enter_context(config.override(runner.kind, **c))
                 row["ms"] = bench_ms(runner.launch, runner.device, reps)
@@ -358,7 +358,7 @@ def tune(shapes: Sequence[ConvShape], device, *, arch: int, limit: int = 12, min
     """Tune ``shapes`` (slowest first) on ``device``; returns ``{"entries", "shapes"}`` (the table's entries,
     with those of ``base_entries`` not re-tuned carried over, and the per-shape records). ``checkpoint``
     gets the same after each shape (so a run stopped from outside keeps what it measured)."""
-    from regnet_kernels.ops._triton import config
+    from regnet_kernels.kernels.triton import config
 
     deadline = None if budget_s is None else time.monotonic() + budget_s
     entries = dict(base_entries or {})
@@ -414,9 +414,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, help="JSON file to write (the table plus per-shape timings)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on this device (interpreter on CPU)")
     a = p.parse_args(argv)
-    from regnet_kernels import _triton_utils
+    from regnet_kernels.kernels.triton import runtime as _triton_utils
     from regnet_kernels.benchmark.plan import parse_arch
-    from regnet_kernels.ops._triton import config
+    from regnet_kernels.kernels.triton import config
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not (a.dry_run and _triton_utils.INTERPRET):

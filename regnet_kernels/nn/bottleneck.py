@@ -16,7 +16,7 @@ from torch import nn
 from regnet_kernels import backends as _backends
 from regnet_kernels.distributed import sync_enabled
 from regnet_kernels.matching import BottleneckLayout, parse_bottleneck
-from regnet_kernels.ops import _dispatch
+from regnet_kernels.ops import dispatch as _dispatch
 from regnet_kernels.ops.bottleneck import OP_NAME, bottleneck_eval, bottleneck_train
 from regnet_kernels.ops.bottleneck.reference import batch_stats
 from regnet_kernels.ops.conv_bn_act import update_running_stats_op

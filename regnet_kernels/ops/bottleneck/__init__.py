@@ -17,8 +17,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from regnet_kernels.geometry import conv_out_size
-from regnet_kernels.ops import _dispatch
+from regnet_kernels.kernels.geometry import conv_out_size
+from regnet_kernels.ops import dispatch as _dispatch
 from regnet_kernels.ops.conv_bn_act import check_conv_bn
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 from regnet_kernels.ops.squeeze_excite import check_se

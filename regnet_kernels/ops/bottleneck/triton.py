@@ -9,7 +9,7 @@ per-channel statistics (the projection's output is recomputed from ``x`` in back
 
 Large-mean fp32 inputs: conv a and the projection read ``x - c`` (their prologue), in forward and in
 their weight gradients, with ``c = x[0, :, 0, 0]`` on the channels whose mean dominates their spread
-(see :func:`regnet_kernels.ops._triton.conv.input_shift`). Training BatchNorm cancels ``c`` exactly,
+(see :func:`regnet_kernels.kernels.triton.conv.input_shift`). Training BatchNorm cancels ``c`` exactly,
 and the fp32 conv outputs stay near 0 instead of at ~|mean|, where their rounding flips ReLU masks
 (mean 1e4: ulp ~1e-3). ``ya`` and the projection output, and the means saved with them, are those of
 the shifted convs; ``stats`` carries the offsets ``conv(c)`` that give the true batch means for the
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from regnet_kernels.ops._triton import bn as _bn
-from regnet_kernels.ops._triton import block as _blk
-from regnet_kernels.ops._triton import conv as _conv
-from regnet_kernels.ops._triton import se as _se
+from regnet_kernels.kernels.triton import bn as _bn
+from regnet_kernels.kernels.triton import block as _blk
+from regnet_kernels.kernels.triton import conv as _conv
+from regnet_kernels.kernels.triton import se as _se
 from regnet_kernels.ops.bottleneck.reference import pack_stats, unpack_stats
 
 

@@ -20,9 +20,9 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from regnet_kernels import backends as _backends
-from regnet_kernels.ops import _dispatch
+from regnet_kernels.ops import dispatch as _dispatch
 from regnet_kernels import distributed as _dist
-from regnet_kernels.geometry import conv_out_size
+from regnet_kernels.kernels.geometry import conv_out_size
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["conv_bn_act", "OP_NAME"]
@@ -409,7 +409,7 @@ def conv_bn_act(
     Raises:
         ValueError / TypeError / RuntimeError: as eager PyTorch would (wrong channels, a kernel larger than
         the padded input, one value per channel in training, mismatched dtypes or devices), with eager's
-        wording; see :class:`regnet_kernels.ops._dispatch.ShapeError`.
+        wording; see :class:`regnet_kernels.ops.dispatch.ShapeError`.
 
     Equivalent PyTorch:
         ``relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, 1, groups), running_mean,

@@ -2,7 +2,7 @@
 
 Python side of the hand-written kernels in ``csrc/``: validate, allocate every output and workspace
 with torch (CUDA-graph capturable: no host syncs, no allocation outside torch's allocator), and launch
-on torch's current stream through :func:`regnet_kernels._cuda_ext.lib` (the compiled extension
+on torch's current stream through :func:`regnet_kernels.kernels.cuda.ext.lib` (the compiled extension
 ``regnet_kernels._C``, or the CuPy JIT of the same sources).
 
 Training forward, 3 launches: implicit-GEMM conv writing the pre-BN output ``y`` and per-tile
@@ -21,10 +21,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from regnet_kernels import _cuda_ext as _ext
+from regnet_kernels.kernels.cuda import ext as _ext
 from regnet_kernels import distributed as _dist
 from regnet_kernels.ops.conv_bn_act import reference as _ref
-from regnet_kernels.geometry import conv_out_size
+from regnet_kernels.kernels.geometry import conv_out_size
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 #: Tests set this to force a number of split-K slices in the weight gradient (None: the heuristic).

@@ -11,13 +11,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from regnet_kernels.geometry import memory_format_of
+from regnet_kernels.kernels.geometry import memory_format_of
 import torch.nn.functional as F
 
 from regnet_kernels import distributed as _dist
 
 
-#: the memory format outputs take (the input's): one definition, in :mod:`regnet_kernels.geometry`
+#: the memory format outputs take (the input's): one definition, in :mod:`regnet_kernels.kernels.geometry`
 out_memory_format = memory_format_of
 
 

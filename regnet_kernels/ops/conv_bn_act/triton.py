@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 import torch
 
 from regnet_kernels import distributed as _dist
-from regnet_kernels.ops._triton import bn as _bn
-from regnet_kernels.ops._triton import conv as _conv
+from regnet_kernels.kernels.triton import bn as _bn
+from regnet_kernels.kernels.triton import conv as _conv
 
 
 def conv_bn_act_train(x, weight, gamma, beta, stride: int, padding: int, groups: int, eps: float, relu: bool,

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from regnet_kernels import backends as _backends
-from regnet_kernels.ops import _dispatch
+from regnet_kernels.ops import dispatch as _dispatch
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["squeeze_excite", "OP_NAME"]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from regnet_kernels import _cuda_ext as _ext
+from regnet_kernels.kernels.cuda import ext as _ext
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 _OP = "squeeze_excite"

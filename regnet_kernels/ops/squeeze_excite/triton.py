@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from regnet_kernels.ops._triton import se as _se
+from regnet_kernels.kernels.triton import se as _se
 
 
 def squeeze_excite(x, w1, b1, w2, b2):

@@ -10,10 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels._triton_utils import launch, target
-from regnet_kernels.ops._triton import config as _cfg
-from regnet_kernels.ops._triton.bn import collapsible, pixel_strides
-from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
+from regnet_kernels.kernels.triton.runtime import launch, target
+from regnet_kernels.kernels.triton import config as _cfg
+from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
+from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
 
 
 @triton.jit

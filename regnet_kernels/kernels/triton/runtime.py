@@ -18,7 +18,7 @@ try:  # triton >= 3.4
 except Exception:  # pragma: no cover - older triton
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-from regnet_kernels.ops._triton.config import Target, next_pow2
+from regnet_kernels.kernels.triton.config import Target, next_pow2
 
 __all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "num_sms", "launch_device", "launch",
            "target", "recording"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from regnet_kernels._triton_utils import INTERPRET
+from regnet_kernels.kernels.triton.runtime import INTERPRET
 
 _INTERPRET: tl.constexpr = tl.constexpr(INTERPRET)
 

@@ -27,10 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import bn_relu_tile, cast_to, relu
-from regnet_kernels._triton_utils import dot_in_fp32, ieee_dot, launch, target
-from regnet_kernels.ops._triton import config as _cfg
-from regnet_kernels.geometry import conv_out_size, memory_format_of
+from regnet_kernels.kernels.triton.common import bn_relu_tile, cast_to, relu
+from regnet_kernels.kernels.triton.runtime import dot_in_fp32, ieee_dot, launch, target
+from regnet_kernels.kernels.triton import config as _cfg
+from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of
 
 
 @triton.jit

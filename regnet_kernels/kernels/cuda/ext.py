@@ -67,7 +67,7 @@ def kernels_dir() -> Optional[Path]:
     env = os.environ.get("REGNET_KERNELS_CSRC")
     if env:
         cands.append(Path(env) / "kernels")
-    cands.append(Path(__file__).resolve().parent.parent / "csrc" / "kernels")
+    cands.append(Path(__file__).resolve().parents[3] / "csrc" / "kernels")
     for c in cands:
         if (c / "all.cuh").is_file() and (c / "config.cuh").is_file():
             return c
@@ -250,7 +250,7 @@ def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def layout_of(t: torch.Tensor) -> torch.memory_format:
     """channels_last when ``t`` is laid out channels-last (and not also plain contiguous)."""
-    from regnet_kernels.geometry import memory_format_of
+    from regnet_kernels.kernels.geometry import memory_format_of
 
     return memory_format_of(t)
 

@@ -11,10 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.ops._triton.common import cast_to, relu, relu_grad
-from regnet_kernels._triton_utils import launch, target
-from regnet_kernels.ops._triton import config as _cfg
-from regnet_kernels.geometry import memory_format_of
+from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
+from regnet_kernels.kernels.triton.runtime import launch, target
+from regnet_kernels.kernels.triton import config as _cfg
+from regnet_kernels.kernels.geometry import memory_format_of
 
 
 @triton.jit
