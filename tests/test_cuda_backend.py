@@ -63,6 +63,13 @@ def _load_setup():
 SETUP = _load_setup()
 
 
+def _fused(op: str, kernels: str):
+    """The op's fused composition on one kernel set (what ``backend=kernels`` runs): reference.py's functions."""
+    from regnet_kernels.ops.dispatch import bind
+
+    return bind(f"regnet_kernels.ops.{op}", kernels)
+
+
 def _extension():
     """``regnet_kernels._C``, or skip with the reason it is absent (failing where it should exist)."""
     try:
@@ -158,8 +165,8 @@ def test_explicit_cuda_backend_on_cpu_raises():
     assert cuda_reason in str(ei.value)
     with pytest.raises(backends.BackendUnavailableError, match="cuda"):
         squeeze_excite(x, torch.randn(2, 8), None, torch.randn(8, 2), None, backend="cuda")
-    # the cuda.py entry points refuse CPU tensors on their own too
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    # the cuda kernel set refuses CPU tensors on its own too
+    cu = _fused("conv_bn_act", "cuda")
 
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         cu.conv_bn_act_eval(x, w, g, b, torch.zeros(8), torch.ones(8), 1, 1, 2, 1e-5, True)
@@ -514,9 +521,9 @@ def test_emulated_conv_bn_act_layouts(emulated_cuda, name, training, layout):
 
 @pytest.mark.parametrize("splits", [1, 3])
 def test_emulated_conv_bn_act_semantics(emulated_cuda, monkeypatch, splits):
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    from regnet_kernels.kernels.cuda import api as cuda_kernels
 
-    monkeypatch.setattr(cu, "WGRAD_SPLITS", splits)  # split-K with an uneven last split, and without
+    monkeypatch.setattr(cuda_kernels, "WGRAD_SPLITS", splits)  # split-K with an uneven last split, and without
     for training in (True, False):
         tcba.test_no_activation("cuda", training)
     tcba.test_batch_one_eval("cuda")
@@ -533,7 +540,7 @@ def test_emulated_conv_bn_act_opcheck(emulated_cuda):
 
 
 def test_emulated_conv_bn_act_is_deterministic(emulated_cuda):
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    cu = _fused("conv_bn_act", "cuda")
 
     torch.manual_seed(0)
     x = torch.randn(2, 32, 9, 9, dtype=torch.float16)
@@ -554,7 +561,7 @@ def test_emulated_sync_batchnorm_plumbing(emulated_cuda, tmp_path):
     reference's synchronised ones."""
     import torch.distributed as dist
 
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    cu = _fused("conv_bn_act", "cuda")
     from regnet_kernels.ops.conv_bn_act import reference as ref
 
     if dist.is_initialized():
@@ -629,7 +636,7 @@ def test_emulated_grouped_conv_nonfinite_stays_in_group(emulated_cuda, geo, dtyp
     """A NaN / +Inf / -Inf in x (forward, weight gradient) or in the output gradient (data gradient) of a
     grouped conv whose 64-channel tiles span several groups reaches only its own group's outputs and
     gradients, with eager's values: NaN where an Inf meets an in-group zero weight, signed Inf otherwise."""
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    cu = _fused("conv_bn_act", "cuda")
     from regnet_kernels.ops.conv_bn_act import reference as ref
 
     c_in, c_out, groups, stride = geo
@@ -718,12 +725,12 @@ def test_gpu_cuda_matches_triton_on_regnet_stages():
     """conv_bn_act train/eval fwd+bwd and SE fwd+bwd on every distinct regnet_y_1_6gf shape, bf16, batch 8:
     the CUDA kernels' error vs float64 is within 2x Triton's (plus the bf16 floor)."""
     _gpu_cuda_ready()
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    cu = _fused("conv_bn_act", "cuda")
     from regnet_kernels.ops.conv_bn_act import reference as ref
-    from regnet_kernels.ops.conv_bn_act import triton as tri
-    from regnet_kernels.ops.squeeze_excite import cuda as se_cu
+    tri = _fused("conv_bn_act", "triton")
+    se_cu = _fused("squeeze_excite", "cuda")
     from regnet_kernels.ops.squeeze_excite import reference as se_ref
-    from regnet_kernels.ops.squeeze_excite import triton as se_tri
+    se_tri = _fused("squeeze_excite", "triton")
 
     dtype, batch = torch.bfloat16, 8
     convs, ses = _stage_convs()
@@ -841,8 +848,8 @@ def test_gpu_cuda_graph_train_step():
 
 _SANITIZER_SCRIPT = textwrap.dedent("""
     import torch
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
-    from regnet_kernels.ops.squeeze_excite import cuda as se
+    cu = _fused("conv_bn_act", "cuda")
+    se = _fused("squeeze_excite", "cuda")
     torch.manual_seed(0)
     cases = [(2, 3, 16, 9, 3, 2, 1), (2, 32, 32, 9, 3, 2, 4), (1, 224, 224, 4, 3, 2, 2), (3, 24, 40, 7, 1, 1, 1),
              (2, 72, 72, 7, 3, 2, 3), (2, 48, 48, 5, 5, 1, 2)]
@@ -909,8 +916,8 @@ def test_gpu_compute_sanitizer(tmp_path, tool):
 def _check_fully_written_and_deterministic(device: str) -> None:
     """torch.empty filled with NaN (deterministic mode): any output or workspace element a kernel fails to
     write shows up as NaN; two runs agree bitwise (no atomics, fixed reduction orders)."""
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
-    from regnet_kernels.ops.squeeze_excite import cuda as se
+    cu = _fused("conv_bn_act", "cuda")
+    se = _fused("squeeze_excite", "cuda")
 
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_fill = torch.utils.deterministic.fill_uninitialized_memory
@@ -947,9 +954,9 @@ def _check_fully_written_and_deterministic(device: str) -> None:
 
 
 def test_emulated_outputs_fully_written_and_deterministic(emulated_cuda, monkeypatch):
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
+    from regnet_kernels.kernels.cuda import api as cuda_kernels
 
-    monkeypatch.setattr(cu, "WGRAD_SPLITS", 2)
+    monkeypatch.setattr(cuda_kernels, "WGRAD_SPLITS", 2)
     _check_fully_written_and_deterministic("cpu")
 
 
@@ -965,8 +972,8 @@ def test_gpu_cupy_fallback_matches_extension():
     _gpu_cuda_ready()
     pytest.importorskip("cupy")
     ext = _extension()
-    from regnet_kernels.ops.conv_bn_act import cuda as cu
-    from regnet_kernels.ops.squeeze_excite import cuda as se
+    cu = _fused("conv_bn_act", "cuda")
+    se = _fused("squeeze_excite", "cuda")
 
     jit = _cuda_ext.CupyLib()
     torch.manual_seed(0)

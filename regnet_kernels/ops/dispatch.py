@@ -1,9 +1,12 @@
-"""What every fused op shares: which dtypes the kernel backends take, and picking the implementation
-module (``reference`` for eager, ``triton`` or ``cuda``) of an op package for the resolved backend."""
+"""What every fused op shares: which dtypes the kernel backends take, and picking the implementation of an
+op package for the resolved backend: its ``reference`` module for eager, else its ``fused`` composition
+bound to the backend's kernel set (:mod:`regnet_kernels.kernels.api`)."""
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Optional, Sequence
+import types
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -52,7 +55,29 @@ def register_kernel_checks(op: str, cuda_reason: Optional[str] = None) -> None:
         _backends.register_op_check(op, "cuda", lambda tensors: cuda_reason)
 
 
+_BOUND: Dict[Tuple[str, str], types.SimpleNamespace] = {}
+
+
+def bind(package: str, kernels: str) -> types.SimpleNamespace:
+    """``package``'s fused composition (``{package}.fused``) on the kernel set ``kernels`` (``"triton"`` or
+    ``"cuda"``): an object whose attributes are the functions of the module's ``__all__`` with the kernel set
+    bound as their first argument, so they take reference.py's arguments. One per (package, kernels)."""
+    key = (package, kernels)
+    if key not in _BOUND:
+        from regnet_kernels.kernels import api as _kernels
+
+        module = importlib.import_module(f"{package}.fused")
+        k = _kernels.get(kernels)
+        _BOUND[key] = types.SimpleNamespace(
+            kernels=k, **{name: functools.partial(getattr(module, name), k) for name in module.__all__})
+    return _BOUND[key]
+
+
 def implementation(op: str, package: str, backend: str, tensors: Sequence[Optional[torch.Tensor]]):
-    """The module of ``package`` implementing ``op`` on ``tensors`` for ``backend`` (``auto`` resolved)."""
+    """What implements ``op`` of ``package`` on ``tensors`` for ``backend`` (``auto`` resolved): the
+    ``reference`` module for eager (and for an empty batch, which no kernel backend is launched on: see
+    :func:`empty_batch`), else the fused composition bound to the backend's kernels (:func:`bind`)."""
     name = _backends.resolve(op, tensors, backend)
-    return importlib.import_module(f"{package}.{'reference' if name == 'eager' else name}")
+    if name == "eager" or (tensors and tensors[0] is not None and empty_batch(tensors[0].shape)):
+        return importlib.import_module(f"{package}.reference")
+    return bind(package, name)
