@@ -105,6 +105,14 @@ def _bn_bwd_sums(lib, code, go, src, fmt, stream, *, train: bool, relu: bool, st
     return sum_dz, sum_dzx
 
 
+def _pixels(t: torch.Tensor) -> tuple:
+    """``(t dense in its layout, N, C, HW, cs, ps)``: an activation as the elementwise launchers take it
+    (channel and pixel strides from :func:`regnet_kernels.kernels.cuda.ext.pixel_layout`)."""
+    N, C, H, W = t.shape
+    fmt = _ext.layout_of(t)
+    return (_ext.dense(t, fmt), N, C, H * W) + _ext.pixel_layout(fmt, C, H * W)
+
+
 def _flat(w: torch.Tensor) -> torch.Tensor:
     """An FC weight ``(rows, cols[, 1, 1])`` as a contiguous fp32 ``(rows, cols)``."""
     return f32(w.reshape(w.shape[0], w.shape[1]))
@@ -164,11 +172,8 @@ class CudaKernels(Kernels):
 
     def bn_act(self, y, mean, scale, bias, relu):
         code, dev, lib = _launch(y, mean, scale, bias)
-        N, C, H, W = y.shape
-        fmt = _ext.layout_of(y)
-        y = _ext.dense(y, fmt)
+        y, _, C, _, cs, _ = _pixels(y)
         out = torch.empty_like(y)
-        cs, _ = _ext.pixel_layout(fmt, C, H * W)
         with _ext.launch_context(dev) as stream:
             lib.bn_act(code, y.data_ptr(), out.data_ptr(), mean.data_ptr(), scale.data_ptr(), bias.data_ptr(),
                        y.numel(), C, cs, bool(relu), stream)
@@ -191,12 +196,9 @@ class CudaKernels(Kernels):
         if extra:
             raise TypeError(f"the cuda backend's BatchNorm backward has no {', '.join(sorted(extra))} option")
         code, dev, lib = _launch(y, dout, mean, invstd, scale, bias, sum_dz, sum_dzx)
-        N, C, H, W = y.shape
-        fmt = _ext.layout_of(y)
-        y = _ext.dense(y, fmt)
+        y, _, C, _, cs, _ = _pixels(y)
         go = self.as_operand(dout, y)
         dy = torch.empty_like(y)
-        cs, _ = _ext.pixel_layout(fmt, C, H * W)
         with _ext.launch_context(dev) as stream:
             lib.bn_bwd_dy(code, go.data_ptr(), y.data_ptr(), dy.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
                           scale.data_ptr(), bias.data_ptr(), sum_dz.data_ptr(), sum_dzx.data_ptr(), 1.0 / count,
@@ -223,13 +225,10 @@ class CudaKernels(Kernels):
     # -- squeeze-excitation
     def se_pool(self, x):
         code, dev, lib = _launch(x)
-        N, C, H, W = x.shape
-        fmt = _ext.layout_of(x)
-        xd = _ext.dense(x, fmt)
-        cs, ps = _ext.pixel_layout(fmt, C, H * W)
+        xd, N, C, HW, cs, ps = _pixels(x)
         pooled = torch.empty((N, C), dtype=torch.float32, device=dev)
         with _ext.launch_context(dev) as stream:
-            lib.se_reduce(code, xd.data_ptr(), 0, pooled.data_ptr(), N, C, H * W, cs, ps, 1.0 / (H * W), stream)
+            lib.se_reduce(code, xd.data_ptr(), 0, pooled.data_ptr(), N, C, HW, cs, ps, 1.0 / HW, stream)
         return pooled
 
     def se_fc(self, pooled, w1, b1, w2, b2):
@@ -246,25 +245,19 @@ class CudaKernels(Kernels):
 
     def se_scale(self, x, gate):
         code, dev, lib = _launch(x, gate)
-        N, C, H, W = x.shape
-        fmt = _ext.layout_of(x)
-        xd = _ext.dense(x, fmt)
-        cs, _ = _ext.pixel_layout(fmt, C, H * W)
+        xd, _, C, HW, cs, _ = _pixels(x)
         out = torch.empty_like(xd)
         with _ext.launch_context(dev) as stream:
-            lib.se_scale(code, xd.data_ptr(), gate.data_ptr(), out.data_ptr(), xd.numel(), C, cs, C * H * W, stream)
+            lib.se_scale(code, xd.data_ptr(), gate.data_ptr(), out.data_ptr(), xd.numel(), C, cs, C * HW, stream)
         return out
 
     def se_dgate(self, dout, x):
         code, dev, lib = _launch(x, dout)
-        N, C, H, W = x.shape
-        fmt = _ext.layout_of(x)
-        xd = _ext.dense(x, fmt)
+        xd, N, C, HW, cs, ps = _pixels(x)
         go = self.as_operand(dout, xd)
-        cs, ps = _ext.pixel_layout(fmt, C, H * W)
         dgate = torch.empty((N, C), dtype=torch.float32, device=dev)
         with _ext.launch_context(dev) as stream:
-            lib.se_reduce(code, go.data_ptr(), xd.data_ptr(), dgate.data_ptr(), N, C, H * W, cs, ps, 1.0, stream)
+            lib.se_reduce(code, go.data_ptr(), xd.data_ptr(), dgate.data_ptr(), N, C, HW, cs, ps, 1.0, stream)
         return dgate
 
     def se_fc_backward(self, pooled, gate, dgate, w1, b1, w2, need):
@@ -299,14 +292,12 @@ class CudaKernels(Kernels):
 
     def se_dx(self, dout, gate, dpooled, like):
         code, dev, lib = _launch(like, dout, gate, dpooled)
-        N, C, H, W = like.shape
-        fmt = _ext.layout_of(like)
+        like, _, C, HW, cs, _ = _pixels(like)
         go = self.as_operand(dout, like)
-        cs, _ = _ext.pixel_layout(fmt, C, H * W)
-        dx = torch.empty_like(_ext.dense(like, fmt))
+        dx = torch.empty_like(like)
         with _ext.launch_context(dev) as stream:
             lib.se_dx(code, go.data_ptr(), f32(gate).data_ptr(), dpooled.data_ptr(), dx.data_ptr(), dx.numel(), C, cs,
-                      C * H * W, 1.0 / (H * W), stream)
+                      C * HW, 1.0 / HW, stream)
         return dx
 
 

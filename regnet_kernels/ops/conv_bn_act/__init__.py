@@ -43,12 +43,13 @@ def _empty_out(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
 
 
-def _check(x, weight, gamma, beta, stride, padding, groups, *, training: bool, running=()) -> None:
+def _check(x, weight, gamma, beta, stride, padding, groups, *, training: bool, running_mean=None,
+           running_var=None) -> None:
     """Raise an error naming the problem for inputs no backend may run."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("conv_bn_act: x and weight must be tensors")
     check_conv_bn(tuple(x.shape), x.dtype, x.device, weight, gamma, beta, stride, padding, groups, training=training,
-                  running=running)
+                  running=(("running_mean", running_mean), ("running_var", running_var)))
 
 
 def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, groups, *, training: bool, running=(),
@@ -117,25 +118,17 @@ def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, gr
 # Training mode
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("regnet_kernels::conv_bn_act_train", mutates_args=())
-def _train_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-    sync_group: int,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _train_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+              stride: int, padding: int, groups: int, eps: float, relu: bool, sync_group: int,
+              backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     impl = _impl(backend, (x, weight, gamma, beta))
-    if sync_group >= 0:
-        return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu,
-                                      group=_dist.get_group(sync_group))
-    return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu)
+    return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu, **_sync(sync_group))
+
+
+def _sync(sync_group: int) -> dict:
+    """The SyncBatchNorm keyword of the implementations: ``group`` for a registered group (none for -1)."""
+    return {"group": _dist.get_group(sync_group)} if sync_group >= 0 else {}
 
 
 @_train_op.register_fake
@@ -149,27 +142,13 @@ def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, ba
 
 
 @torch.library.custom_op("regnet_kernels::conv_bn_act_train_backward", mutates_args=())
-def _train_bwd_op(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    y: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    stride: int,
-    padding: int,
-    groups: int,
-    relu: bool,
-    output_mask: List[bool],
-    sync_group: int,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _train_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
+                  invstd: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], stride: int,
+                  padding: int, groups: int, relu: bool, output_mask: List[bool], sync_group: int,
+                  backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = _impl(backend, (grad_out, x, weight, y, gamma, beta))
-    kw = {"group": _dist.get_group(sync_group)} if sync_group >= 0 else {}
     grads = impl.conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding,
-                                            groups, relu, output_mask, **kw)
+                                            groups, relu, output_mask, **_sync(sync_group))
     return _fill_grads(grads, x, weight, gamma, beta)
 
 
@@ -208,25 +187,32 @@ def _train_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(y, mean, invstd, var_unb)
 
 
-def _unfill(t: torch.Tensor, wanted: bool):
-    # (wanted gradients are always computed: an empty one is the gradient of an empty batch, not absent)
-    return t if wanted else None
+def _grad_mask(ctx, gamma, beta) -> List[bool]:
+    """Which of ``(x, weight, gamma, beta)`` need a gradient (an absent affine parameter never does)."""
+    need = ctx.needs_input_grad
+    return [need[0], need[1], gamma is not None and need[2], beta is not None and need[3]]
+
+
+def _unfill(grads, mask, n_inputs: int) -> tuple:
+    """The autograd formula's result: the op's gradients where asked (None elsewhere: the op fills those with
+    empties), then None for every non-tensor input up to ``n_inputs``.
+    (Wanted gradients are always computed: an empty one is the gradient of an empty batch, not absent.)"""
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * (n_inputs - len(mask))
 
 
 def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
     x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
     stride, padding, groups, relu, sync_group, backend = ctx.conf
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+    mask = _grad_mask(ctx, gamma, beta)
     if grad_out is None or not any(mask):
         if sync_group >= 0:
             # every rank must take part in the collective, whatever it needs locally
             mask = [True, False, False, False]
         else:
             return (None,) * 11
-    dx, dw, dg, db = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups,
-                                   relu, mask, sync_group, backend)
-    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3])) + (None,) * 7
+    grads = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, mask,
+                          sync_group, backend)
+    return _unfill(grads, mask, 11)
 
 
 _train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
@@ -236,22 +222,11 @@ _train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
 # Eval mode
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("regnet_kernels::conv_bn_act_eval", mutates_args=())
-def _eval_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-    backend: str,
-) -> torch.Tensor:
-    _check(x, weight, gamma, beta, stride, padding, groups, training=False,
-           running=(("running_mean", running_mean), ("running_var", running_var)))
+def _eval_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+             running_mean: torch.Tensor, running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float,
+             relu: bool, backend: str) -> torch.Tensor:
+    _check(x, weight, gamma, beta, stride, padding, groups, training=False, running_mean=running_mean,
+           running_var=running_var)
     impl = _impl(backend, (x, weight, gamma, beta, running_mean, running_var))
     return impl.conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps,
                                  relu)
@@ -259,29 +234,17 @@ def _eval_op(
 
 @_eval_op.register_fake
 def _(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu, backend):
-    _check(x, weight, gamma, beta, stride, padding, groups, training=False,
-           running=(("running_mean", running_mean), ("running_var", running_var)))
+    _check(x, weight, gamma, beta, stride, padding, groups, training=False, running_mean=running_mean,
+           running_var=running_var)
     return _empty_out(x, weight, stride, padding)
 
 
 @torch.library.custom_op("regnet_kernels::conv_bn_act_eval_backward", mutates_args=())
-def _eval_bwd_op(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    out: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-    output_mask: List[bool],
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _eval_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
+                 gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], running_mean: torch.Tensor,
+                 running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float, relu: bool,
+                 output_mask: List[bool],
+                 backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = _impl(backend, (grad_out, x, weight, out, gamma, beta))
     grads = impl.conv_bn_act_eval_backward(grad_out, x, weight, out, gamma, beta, running_mean, running_var,
                                            stride, padding, groups, eps, relu, output_mask)
@@ -303,13 +266,12 @@ def _eval_setup_context(ctx, inputs, output):
 def _eval_backward(ctx, grad_out):
     x, weight, out, gamma, beta, rm, rv = ctx.saved_tensors
     stride, padding, groups, eps, relu, backend = ctx.conf
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+    mask = _grad_mask(ctx, gamma, beta)
     if grad_out is None or not any(mask):
         return (None,) * 12
-    dx, dw, dg, db = _eval_bwd_op(grad_out, x, weight, out, gamma, beta, rm, rv, stride, padding, groups, eps,
-                                  relu, mask, backend)
-    return (_unfill(dx, mask[0]), _unfill(dw, mask[1]), _unfill(dg, mask[2]), _unfill(db, mask[3])) + (None,) * 8
+    grads = _eval_bwd_op(grad_out, x, weight, out, gamma, beta, rm, rv, stride, padding, groups, eps, relu, mask,
+                         backend)
+    return _unfill(grads, mask, 12)
 
 
 _eval_op.register_autograd(_eval_backward, setup_context=_eval_setup_context)
@@ -436,8 +398,8 @@ def conv_bn_act(
                          "training=True to normalise with batch statistics")
     if (running_mean is None) != (running_var is None):
         raise ValueError("conv_bn_act: pass both running_mean and running_var, or neither")
-    _check(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups, training=training,
-           running=(("running_mean", running_mean), ("running_var", running_var)))
+    _check(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups, training=training, running_mean=running_mean,
+           running_var=running_var)
     be = _backends.resolve(OP_NAME, (x, weight, bn_weight, bn_bias, running_mean, running_var), backend)
     empty = _dispatch.empty_batch(x.shape)
     if empty:

@@ -46,18 +46,9 @@ def _bcast(v: torch.Tensor) -> torch.Tensor:
     return v[None, :, None, None]
 
 
-def conv_bn_act_train(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-    group=None,
-):
+def conv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor],
+                      beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, eps: float, relu: bool,
+                      group=None):
     """Training-mode forward (batch statistics; across the ranks of ``group`` when given).
 
     Returns ``(out, y, mean, invstd, var_unbiased)``: ``out = act(BN(y))`` in ``x.dtype``, ``y`` the
@@ -84,22 +75,10 @@ def conv_bn_act_train(
     return out, y, mean, invstd, var_unb
 
 
-def conv_bn_act_train_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    y: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    stride: int,
-    padding: int,
-    groups: int,
-    relu: bool,
-    output_mask: Sequence[bool],
-    group=None,
-):
+def conv_bn_act_train_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+                               mean: torch.Tensor, invstd: torch.Tensor, gamma: Optional[torch.Tensor],
+                               beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, relu: bool,
+                               output_mask: Sequence[bool], group=None):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
     yf = y.to(acc_dtype(y.dtype))
     g = grad_out.to(yf.dtype)
@@ -131,21 +110,9 @@ def conv_bn_act_train_backward(
     return dx, dw, dgamma, dbeta
 
 
-
-
-def conv_bn_act_eval(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-) -> torch.Tensor:
+def conv_bn_act_eval(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
+                     running_mean: torch.Tensor, running_var: torch.Tensor, stride: int, padding: int, groups: int,
+                     eps: float, relu: bool) -> torch.Tensor:
     """Eval-mode forward: ``act((conv(x) - running_mean) * gamma / sqrt(running_var + eps) + beta)``."""
     fmt = out_memory_format(x)
     y = F.conv2d(x, weight, None, stride, padding, 1, groups)
@@ -157,22 +124,10 @@ def conv_bn_act_eval(
     return z.to(x.dtype).contiguous(memory_format=fmt)
 
 
-def conv_bn_act_eval_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    out: torch.Tensor,
-    gamma: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    stride: int,
-    padding: int,
-    groups: int,
-    eps: float,
-    relu: bool,
-    output_mask: Sequence[bool],
-):
+def conv_bn_act_eval_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
+                              gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], running_mean: torch.Tensor,
+                              running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float,
+                              relu: bool, output_mask: Sequence[bool]):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the eval-mode op.
 
     With ``z = conv(x, W) * s + t``, ``s = gamma * invstd``, ``t = beta - mean * s``:

@@ -61,14 +61,8 @@ def check_se(shape, dtype, device, w1, b1, w2, b2, who: str = "squeeze_excite") 
 
 
 @torch.library.custom_op("regnet_kernels::squeeze_excite", mutates_args=())
-def _se_op(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: Optional[torch.Tensor],
-    w2: torch.Tensor,
-    b2: Optional[torch.Tensor],
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _se_op(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor],
+           backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, w1, b1, w2, b2)
     return _impl(backend, (x, w1, b1, w2, b2)).squeeze_excite(x, w1, b1, w2, b2)
 
