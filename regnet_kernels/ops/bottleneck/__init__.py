@@ -12,9 +12,7 @@ Parameter order everywhere: ``wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc
 its BN gamma/beta, conv b, SE fc1 weight/bias, fc2 weight/bias, conv c, projection conv and BN). SE
 and projection tensors are None when the block has none.
 """
-# NOTE: no ``from __future__ import annotations``: torch.library reads the annotations as types.
-from typing import List, Optional, Tuple
-
+# (the op schemas are written out from PARAM_NAMES, not inferred from annotations: see _schema)
 import torch
 
 from regnet_kernels.kernels.geometry import conv_out_size
@@ -32,8 +30,20 @@ DIFF_INPUTS = ("x",) + PARAM_NAMES
 CONFIG_INPUTS = ("stride", "groups", "eps", "backend")
 #: what its forward returns besides ``out`` and backward keeps (never differentiated)
 SAVED_OUTPUTS = ("ya", "yb", "yc", "pooled", "gate", "stats")
+#: ``bottleneck_eval``'s parameters: each BatchNorm's running mean and variance after its bias
+_EVAL_PARAM_NAMES = tuple(n for p in PARAM_NAMES
+                          for n in ((p, "rm" + p[1], "rv" + p[1]) if p in ("ba", "bb", "bc", "bp") else (p,)))
+#: the tensors a block may lack (BatchNorm affines, SE, the projection and its statistics): ``Tensor?``
+_OPTIONAL = frozenset(_EVAL_PARAM_NAMES) - {"wa", "rma", "rva", "wb", "rmb", "rvb", "wc", "rmc", "rvc"}
 _dispatch.register_kernel_checks(
     OP_NAME, "the cuda backend has no whole-block kernel (per-op fusion is used instead)")
+
+
+def _schema(names, *rest: str, returns: str) -> str:
+    """An op schema: ``x``, the block tensors ``names``, then ``rest`` (the schemas once: PARAM_NAMES is their
+    single list of the block's tensors)."""
+    tensors = ", ".join(f"Tensor{'?' if n in _OPTIONAL else ''} {n}" for n in names)
+    return f"({', '.join(('Tensor x', tensors) + rest)}) -> {returns}"
 
 
 def _impl(backend: str, tensors):
@@ -74,26 +84,21 @@ def _check(x, params, stride: int, groups: int, *, training: bool, running=None)
                                    f"of tensor a must match the size of tensor b")
 
 
-@torch.library.custom_op("regnet_kernels::bottleneck_train", mutates_args=())
-def _train_op(
-    x: torch.Tensor,
-    wa: torch.Tensor, ga: Optional[torch.Tensor], ba: Optional[torch.Tensor],
-    wb: torch.Tensor, gb: Optional[torch.Tensor], bb: Optional[torch.Tensor],
-    w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor], b2: Optional[torch.Tensor],
-    wc: torch.Tensor, gc: Optional[torch.Tensor], bc: Optional[torch.Tensor],
-    wp: Optional[torch.Tensor], gp: Optional[torch.Tensor], bp: Optional[torch.Tensor],
-    stride: int,
-    groups: int,
-    eps: List[float],
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = (wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
+_CONFIG_SCHEMA = ("SymInt stride", "SymInt groups")
+
+
+@torch.library.custom_op("regnet_kernels::bottleneck_train", mutates_args=(),
+                         schema=_schema(PARAM_NAMES, *_CONFIG_SCHEMA, "float[] eps", "str backend",
+                                        returns=f"({', '.join(['Tensor'] * (1 + len(SAVED_OUTPUTS)))})"))
+def _train_op(x, *args):
+    *params, stride, groups, eps, backend = args
     impl = _impl(backend, (x,) + tuple(p for p in params if p is not None))
     return impl.block_train(x, *params, stride, groups, eps)
 
 
 @_train_op.register_fake
-def _(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride, groups, eps, backend):
+def _(x, *args):
+    wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride, groups, eps, backend = args
     fmt = out_memory_format(x)
     sa, sb, sc = _shapes(x, wa, wb, wc, stride)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -110,35 +115,23 @@ def _(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, stride,
             x.new_empty((n_stats,), dtype=acc))
 
 
-@torch.library.custom_op("regnet_kernels::bottleneck_train_backward", mutates_args=())
-def _train_bwd_op(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    wa: torch.Tensor, ga: Optional[torch.Tensor], ba: Optional[torch.Tensor],
-    wb: torch.Tensor, gb: Optional[torch.Tensor], bb: Optional[torch.Tensor],
-    w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor], b2: Optional[torch.Tensor],
-    wc: torch.Tensor, gc: Optional[torch.Tensor], bc: Optional[torch.Tensor],
-    wp: Optional[torch.Tensor], gp: Optional[torch.Tensor], bp: Optional[torch.Tensor],
-    ya: torch.Tensor, yb: torch.Tensor, yc: torch.Tensor,
-    pooled: torch.Tensor, gate: torch.Tensor, stats: torch.Tensor,
-    stride: int,
-    groups: int,
-    output_mask: List[bool],
-    backend: str,
-) -> List[torch.Tensor]:
-    params = (wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
+@torch.library.custom_op("regnet_kernels::bottleneck_train_backward", mutates_args=(),
+                         schema="(Tensor grad_out, " + _schema(PARAM_NAMES, *(f"Tensor {n}" for n in SAVED_OUTPUTS),
+                                                               *_CONFIG_SCHEMA, "bool[] output_mask", "str backend",
+                                                               returns="Tensor[]")[1:])
+def _train_bwd_op(grad_out, x, *args):
+    n = len(PARAM_NAMES)
+    params, saved, (stride, groups, output_mask, backend) = args[:n], args[n:-4], args[-4:]
     impl = _impl(backend, (grad_out, x) + tuple(p for p in params if p is not None))
-    grads = impl.block_train_backward(grad_out, x, params, (ya, yb, yc, pooled, gate, stats), stride, groups,
-                                      output_mask)
+    grads = impl.block_train_backward(grad_out, x, params, saved, stride, groups, output_mask)
     # custom ops cannot return None: absent gradients come back as distinct empty tensors
     return [g.contiguous(memory_format=out_memory_format(x)) if (i == 0 and g is not None)
             else (g if g is not None else x.new_empty((0,))) for i, g in enumerate(grads)]
 
 
 @_train_bwd_op.register_fake
-def _(grad_out, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp, ya, yb, yc, pooled, gate,
-      stats, stride, groups, output_mask, backend):
-    tensors = (x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, bp)
+def _(grad_out, x, *args):
+    tensors, output_mask = (x,) + args[:len(PARAM_NAMES)], args[-2]
     out = []
     for i, (t, want) in enumerate(zip(tensors, output_mask)):
         if t is None or not want:
@@ -176,29 +169,19 @@ def _backward(ctx, grad_out, *_unused):
 _train_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("regnet_kernels::bottleneck_eval", mutates_args=())
-def _eval_op(
-    x: torch.Tensor,
-    wa: torch.Tensor, ga: Optional[torch.Tensor], ba: Optional[torch.Tensor], rma: torch.Tensor, rva: torch.Tensor,
-    wb: torch.Tensor, gb: Optional[torch.Tensor], bb: Optional[torch.Tensor], rmb: torch.Tensor, rvb: torch.Tensor,
-    w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor], b2: Optional[torch.Tensor],
-    wc: torch.Tensor, gc: Optional[torch.Tensor], bc: Optional[torch.Tensor], rmc: torch.Tensor, rvc: torch.Tensor,
-    wp: Optional[torch.Tensor], gp: Optional[torch.Tensor], bp: Optional[torch.Tensor],
-    rmp: Optional[torch.Tensor], rvp: Optional[torch.Tensor],
-    stride: int,
-    groups: int,
-    eps: List[float],
-    backend: str,
-) -> torch.Tensor:
-    args = (x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc, wp, gp, bp, rmp, rvp)
-    impl = _impl(backend, tuple(t for t in args if t is not None))
-    return impl.block_eval(*args, stride, groups, eps)
+@torch.library.custom_op("regnet_kernels::bottleneck_eval", mutates_args=(),
+                         schema=_schema(_EVAL_PARAM_NAMES, *_CONFIG_SCHEMA, "float[] eps", "str backend",
+                                        returns="Tensor"))
+def _eval_op(x, *args):
+    *tensors, stride, groups, eps, backend = args
+    impl = _impl(backend, tuple(t for t in (x, *tensors) if t is not None))
+    return impl.block_eval(x, *tensors, stride, groups, eps)
 
 
 @_eval_op.register_fake
-def _(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc, wp, gp, bp, rmp, rvp,
-      stride, groups, eps, backend):
-    _, _, sc = _shapes(x, wa, wb, wc, stride)
+def _(x, *args):
+    p = dict(zip(_EVAL_PARAM_NAMES + CONFIG_INPUTS[:2], args))
+    _, _, sc = _shapes(x, p["wa"], p["wb"], p["wc"], p["stride"])
     return torch.empty(sc, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
 
 
