@@ -1,4 +1,4 @@
-"""The hand-written CUDA backend (csrc/ + regnet_kernels/kernels/cuda/ext.py + ops/*/cuda.py).
+"""The hand-written CUDA backend (csrc/ + regnet_kernels/kernels/cuda/{ext,api}.py + ops/*/fused.py).
 
 CPU (these run in CI):
 - the extension: imports when built, build_info() archs, config() == config.cuh, error translation

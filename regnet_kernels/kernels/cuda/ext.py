@@ -205,7 +205,7 @@ def config() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers for the Python launchers (regnet_kernels/ops/*/cuda.py)
+# Helpers for the Python launchers (regnet_kernels/kernels/cuda/api.py)
 # ------------------------------------------------------------------------------------------------
 def dtype_code(t: torch.Tensor, what: str = "input") -> int:
     try:
@@ -298,7 +298,7 @@ class CupyLib:
     """The launcher API of ``regnet_kernels._C``, implemented by JIT-compiling ``csrc/kernels`` with CuPy.
 
     Launch geometry mirrors the C++ launchers (``csrc/*.cu``); argument validation is the Python
-    callers' (``ops/*/cuda.py``).
+    callers' (``kernels/cuda/api.py``).
     """
 
     def __init__(self):
