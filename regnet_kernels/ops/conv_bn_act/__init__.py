@@ -117,6 +117,11 @@ def check_conv_bn(shape, dtype, device, weight, gamma, beta, stride, padding, gr
 # ------------------------------------------------------------------------------------------------
 # Training mode
 # ------------------------------------------------------------------------------------------------
+def _sync(sync_group: int) -> dict:
+    """The SyncBatchNorm keyword of the implementations: ``group`` for a registered group (none for -1)."""
+    return {"group": _dist.get_group(sync_group)} if sync_group >= 0 else {}
+
+
 @torch.library.custom_op("regnet_kernels::conv_bn_act_train", mutates_args=())
 def _train_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
               stride: int, padding: int, groups: int, eps: float, relu: bool, sync_group: int,
@@ -124,11 +129,6 @@ def _train_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tenso
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     impl = _impl(backend, (x, weight, gamma, beta))
     return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu, **_sync(sync_group))
-
-
-def _sync(sync_group: int) -> dict:
-    """The SyncBatchNorm keyword of the implementations: ``group`` for a registered group (none for -1)."""
-    return {"group": _dist.get_group(sync_group)} if sync_group >= 0 else {}
 
 
 @_train_op.register_fake
