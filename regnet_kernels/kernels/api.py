@@ -141,8 +141,9 @@ class Kernels(abc.ABC):
 
     # -- squeeze-excitation -----------------------------------------------------------------------
     @abc.abstractmethod
-    def se_pool(self, x: Tensor) -> Tensor:
-        """``(N, C)`` fp32 spatial mean of ``x``."""
+    def se_pool(self, x: Tensor, **extra) -> Tensor:
+        """``(N, C)`` fp32 spatial mean of ``x`` (Triton extras: ``pre_affine``, ``pre_relu``: the mean of
+        ``relu(BN(x))``)."""
 
     @abc.abstractmethod
     def se_fc(self, pooled: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
@@ -155,8 +156,9 @@ class Kernels(abc.ABC):
         """``x * gate[:, :, None, None]`` in ``x``'s dtype and memory format."""
 
     @abc.abstractmethod
-    def se_dgate(self, dout: Tensor, x: Tensor) -> Tensor:
-        """``(N, C)`` fp32 ``sum_hw dout * x``: the gradient reaching the gate."""
+    def se_dgate(self, dout: Tensor, x: Tensor, **extra) -> Tensor:
+        """``(N, C)`` fp32 ``sum_hw dout * x``: the gradient reaching the gate (Triton extras as
+        :meth:`se_pool`)."""
 
     @abc.abstractmethod
     def se_fc_backward(self, pooled: Tensor, gate: Tensor, dgate: Tensor, w1: Tensor, b1: Optional[Tensor],
