@@ -133,15 +133,19 @@ def conv_fwd_kernel(
     HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1,
+    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1, VEC_Y: tl.constexpr = 1,
 ):
     # The weight (C_OUT, CIN_G, KH, KW) is read in place through its strides: it is small and stays in
     # L2, and a per-call re-layout would cost a launch per conv.
     # VEC (VEC_W): elements of a 16-byte vector along the input channels of x (of the weight), or 1. The
     # launcher passes more than 1 only where those channels are contiguous and every other stride of the
     # tensor, and the group width CIN_G, are multiples of it; then each channel range starts on a vector
-    # and the channel masks are constant per vector, and the operand loads are vectorised.
+    # and the channel masks are constant per vector, and the operand loads are vectorised. VEC_Y: the same
+    # along the output channels of y and the residual (C_OUT and their other strides multiples of it).
     pid_m = tl.program_id(0)
+    C_OUT = _aligned(C_OUT, VEC_Y)
+    syn, syh, syw = _aligned(syn, VEC_Y), _aligned(syh, VEC_Y), _aligned(syw, VEC_Y)
+    srn, srh, srw = _aligned(srn, VEC_Y), _aligned(srh, VEC_Y), _aligned(srw, VEC_Y)
     # rows of the implicit GEMM = output pixels (n, ho, wo), columns = output channels
     offs_m, m_ok, n_idx, ho, wo, offs_n, n_ok, g_lo, g_hi = _gemm_tile(HO, WO, N, C_OUT, COUT_G, BLOCK_M, BLOCK_N)
     cig = _aligned(CIN_G, VEC)
@@ -223,15 +227,18 @@ def conv_dgrad_kernel(
     HAS_ACC: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1,
+    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1, VEC_DX: tl.constexpr = 1,
 ):
     # dx[n, ci, h, w] = sum_{kh, kw, co in group(ci)} dy[n, co, ho, wo] * W[co, ci_l, kh, kw]
     # with h = ho*STRIDE - PAD + kh. Rows = input pixels, columns = input channels, reduction over
     # (kh, kw, output channels of the spanned groups). The weight is read in place through its strides.
     # VEC: 16-byte vector along dy's channels (COUT_G and dy's other strides multiples of it), VEC_W along
-    # the weight's input channels (CIN_G and the weight's other strides multiples of it), else 1.
-    offs_m, m_ok, n_idx, h_i, w_i, offs_n, n_ok, g_lo, g_hi = _gemm_tile(H, W, N, _aligned(C_IN, VEC_W), CIN_G,
-                                                                          BLOCK_M, BLOCK_N)
+    # the weight's input channels (CIN_G and the weight's other strides multiples of it), VEC_DX along the
+    # channels of dx and the added gradient (C_IN and their other strides multiples of it), else 1.
+    C_IN = _aligned(C_IN, max(VEC_W, VEC_DX))
+    sxn, sxh, sxw = _aligned(sxn, VEC_DX), _aligned(sxh, VEC_DX), _aligned(sxw, VEC_DX)
+    san, sah, saw = _aligned(san, VEC_DX), _aligned(sah, VEC_DX), _aligned(saw, VEC_DX)
+    offs_m, m_ok, n_idx, h_i, w_i, offs_n, n_ok, g_lo, g_hi = _gemm_tile(H, W, N, C_IN, CIN_G, BLOCK_M, BLOCK_N)
     cog = _aligned(COUT_G, VEC)
     co_start = g_lo * cog
     co_end = (g_hi + 1) * cog
@@ -422,6 +429,7 @@ def conv2d_fwd(
         HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
         DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, VEC=channel_vec(x, cin_g), VEC_W=channel_vec(weight, cin_g),
+        VEC_Y=min(channel_vec(t, C_out) for t in (out, residual) if t is not None),
         num_warps=nw, num_stages=ns,
     )
     return out, part_mean, part_m2, BM
@@ -448,6 +456,7 @@ def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, p
         STRIDE=stride, PAD=padding, KH=KH, KW=KW, HAS_ACC=add is not None,
         DOT_F32=dot_in_fp32(dy.dtype, tgt.interpret), IEEE=ieee_dot(dy.dtype),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, VEC=channel_vec(dy, cout_g), VEC_W=channel_vec(weight, cin_g),
+        VEC_DX=min(channel_vec(t, C_in) for t in (dx, add) if t is not None),
         num_warps=nw, num_stages=ns,
     )
     return dx
