@@ -195,10 +195,13 @@ def _conv_config(M: int, n_cols: int, k_g: int, n_g: int, kh: int, kw: int, elem
     block_m = 64 if M <= 4096 else 128
     # 8 warps for 128-row tiles: 128 x 32 with 4 warps spilled at 255 registers (the stem, sm_90)
     num_warps = 4 if block_m == 64 else 8
-    # The conv main loops load their operands element by element (masked, group-packed gathers), so the
-    # reduction tile sets the register budget: BLOCK_K 64 with 3 stages spilled 2-3 KB per thread at 255
-    # registers (sm_90, regnet_y_400mf). Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both
-    # double-buffered: 0 spills, wgmma kept. (Whether 16 costs tensor-core rate needs a GPU to judge.)
+    # When the conv main loops loaded their operands element by element, the reduction tile set the register
+    # budget: BLOCK_K 64 with 3 stages spilled 2-3 KB per thread at 255 registers (sm_90, regnet_y_400mf).
+    # Taps unrolled 9 times (3x3) take BLOCK_K 16, 1x1 convs 32, both double-buffered: 0 spills, wgmma kept.
+    # With the channels_last loads vectorised (2026-12-04) the 3x3 bf16 specialisations need ~180-190
+    # registers at BLOCK_K 16, and BLOCK_K 32 (~200) and 64 (~230-240, fwd and dgrad) compile without spills
+    # too, except the stem (C_in 3, element-wise: 64 spilled 1 KB). Fewer, larger K steps should cut the
+    # per-iteration overhead the H200 run measured, but the choice waits for a GPU measurement (the tuner).
     block_k = min(block_k, 16 if kh * kw > 1 else 32)
     if fused_io:
         # a gate in the prologue and a residual in the epilogue (the eval block's conv c) hold two more

@@ -78,6 +78,43 @@ def _block_diag_dot(a, b, acc, k_grp, n_grp, g_lo, g_hi, DOT_F32: tl.constexpr, 
 
 
 @triton.jit
+def _aligned(v, VEC: tl.constexpr):
+    # ``v``, which the launcher checked is a multiple of VEC, in a form whose divisibility Triton can see
+    # (a multiply by the constant), so that channel vectors of VEC elements load as one 16-byte access.
+    if VEC > 1:
+        v = (v // VEC) * VEC
+    return v
+
+
+@triton.jit
+def _pixels(offs, H, W):
+    # (n, h, w) of flat pixel indices over an N x H x W map
+    w = offs % W
+    t = offs // W
+    return t // H, t % H, w
+
+
+@triton.jit
+def _group_span(c0, BLOCK: tl.constexpr, C, C_G):
+    # first and last group that the channel tile [c0, c0 + BLOCK) of C channels in groups of C_G spans
+    return c0 // C_G, (tl.minimum(c0 + BLOCK, C) - 1) // C_G
+
+
+@triton.jit
+def _gemm_tile(H, W, N, COLS, COL_G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The forward / data-gradient output tile: rows = pixels (n, h, w) of an N x H x W map, columns =
+    # channels (COLS of them in groups of COL_G); the groups the columns span decide the reduction range.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < N * H * W
+    n_idx, h, w = _pixels(offs_m, H, W)
+    n0 = tl.program_id(1) * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < COLS
+    g_lo, g_hi = _group_span(n0, BLOCK_N, COLS, COL_G)
+    return offs_m, m_ok, n_idx, h, w, offs_n, n_ok, g_lo, g_hi
+
+
+@triton.jit
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr,
     pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr,
@@ -96,32 +133,28 @@ def conv_fwd_kernel(
     HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1, VEC_Y: tl.constexpr = 1,
 ):
     # The weight (C_OUT, CIN_G, KH, KW) is read in place through its strides: it is small and stays in
     # L2, and a per-call re-layout would cost a launch per conv.
+    # VEC (VEC_W): elements of a 16-byte vector along the input channels of x (of the weight), or 1. The
+    # launcher passes more than 1 only where those channels are contiguous and every other stride of the
+    # tensor, and the group width CIN_G, are multiples of it; then each channel range starts on a vector
+    # and the channel masks are constant per vector, and the operand loads are vectorised. VEC_Y: the same
+    # along the output channels of y and the residual (C_OUT and their other strides multiples of it).
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    M = N * HO * WO
-
-    # rows of the implicit GEMM = output pixels (n, ho, wo)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < M
-    wo = offs_m % WO
-    tmp = offs_m // WO
-    ho = tmp % HO
-    n_idx = tmp // HO
-
-    # columns = output channels; the groups this tile spans decide the reduction range
-    n0 = pid_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < C_OUT
-    g_lo = n0 // COUT_G
-    g_hi = (tl.minimum(n0 + BLOCK_N, C_OUT) - 1) // COUT_G
-    ci_start = g_lo * CIN_G
-    ci_end = (g_hi + 1) * CIN_G
+    C_OUT = _aligned(C_OUT, VEC_Y)
+    syn, syh, syw = _aligned(syn, VEC_Y), _aligned(syh, VEC_Y), _aligned(syw, VEC_Y)
+    srn, srh, srw = _aligned(srn, VEC_Y), _aligned(srh, VEC_Y), _aligned(srw, VEC_Y)
+    # rows of the implicit GEMM = output pixels (n, ho, wo), columns = output channels
+    offs_m, m_ok, n_idx, ho, wo, offs_n, n_ok, g_lo, g_hi = _gemm_tile(HO, WO, N, C_OUT, COUT_G, BLOCK_M, BLOCK_N)
+    cig = _aligned(CIN_G, VEC)
+    ci_start = g_lo * cig
+    ci_end = (g_hi + 1) * cig
     g_of_n = offs_n // COUT_G
+    w_col = w_ptr + offs_n[None, :] * _aligned(swo, VEC_W)
 
-    x_base = x_ptr + n_idx.to(tl.int64) * sxn
+    x_base = x_ptr + n_idx.to(tl.int64) * _aligned(sxn, VEC)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in tl.static_range(KH):
         hi = ho * STRIDE - PAD + kh
@@ -129,7 +162,8 @@ def conv_fwd_kernel(
         for kw in tl.static_range(KW):
             wi = wo * STRIDE - PAD + kw
             row_ok = m_ok & h_ok & (wi >= 0) & (wi < W)
-            x_row = x_base + hi * sxh + wi * sxw
+            x_row = x_base + hi * _aligned(sxh, VEC) + wi * _aligned(sxw, VEC)
+            w_tap = w_col + kh * _aligned(swh, VEC_W) + kw * _aligned(sww, VEC_W)
             for k0 in range(ci_start, ci_end, BLOCK_K):
                 ci = k0 + tl.arange(0, BLOCK_K)
                 ci_ok = ci < ci_end
@@ -137,13 +171,12 @@ def conv_fwd_kernel(
                 a = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=a_mask, other=0.0)
                 if PRE_AFFINE or PRE_RELU or PRE_GATE:
                     a = _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
-                                        gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
+                                        gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_RELU, PRE_GATE)
                     a = cast_to(a, x_ptr.dtype.element_ty)
                 # block-diagonal weight tile: zero where input and output channel groups differ
-                ci_l = ci[:, None] - g_of_n[None, :] * CIN_G
-                b_mask = ci_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
-                b = tl.load(w_ptr + offs_n[None, :] * swo + ci_l * swi + kh * swh + kw * sww,
-                            mask=b_mask, other=0.0)
+                ci_l = ci[:, None] - g_of_n[None, :] * cig
+                b_mask = ci_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < cig)
+                b = tl.load(w_tap + ci_l * swi, mask=b_mask, other=0.0)
                 acc = _block_diag_dot(a, b, acc, ci // CIN_G, g_of_n, g_lo, g_hi, DOT_F32, IEEE)
 
     if POST_BN:
@@ -194,30 +227,24 @@ def conv_dgrad_kernel(
     HAS_ACC: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1, VEC_DX: tl.constexpr = 1,
 ):
     # dx[n, ci, h, w] = sum_{kh, kw, co in group(ci)} dy[n, co, ho, wo] * W[co, ci_l, kh, kw]
     # with h = ho*STRIDE - PAD + kh. Rows = input pixels, columns = input channels, reduction over
     # (kh, kw, output channels of the spanned groups). The weight is read in place through its strides.
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    M = N * H * W
+    # VEC: 16-byte vector along dy's channels (COUT_G and dy's other strides multiples of it), VEC_W along
+    # the weight's input channels (CIN_G and the weight's other strides multiples of it), VEC_DX along the
+    # channels of dx and the added gradient (C_IN and their other strides multiples of it), else 1.
+    C_IN = _aligned(C_IN, max(VEC_W, VEC_DX))
+    sxn, sxh, sxw = _aligned(sxn, VEC_DX), _aligned(sxh, VEC_DX), _aligned(sxw, VEC_DX)
+    san, sah, saw = _aligned(san, VEC_DX), _aligned(sah, VEC_DX), _aligned(saw, VEC_DX)
+    offs_m, m_ok, n_idx, h_i, w_i, offs_n, n_ok, g_lo, g_hi = _gemm_tile(H, W, N, C_IN, CIN_G, BLOCK_M, BLOCK_N)
+    cog = _aligned(COUT_G, VEC)
+    co_start = g_lo * cog
+    co_end = (g_hi + 1) * cog
+    cig = _aligned(CIN_G, VEC_W)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < M
-    w_i = offs_m % W
-    tmp = offs_m // W
-    h_i = tmp % H
-    n_idx = tmp // H
-
-    n0 = pid_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)  # input channels
-    n_ok = offs_n < C_IN
-    g_lo = n0 // CIN_G
-    g_hi = (tl.minimum(n0 + BLOCK_N, C_IN) - 1) // CIN_G
-    co_start = g_lo * COUT_G
-    co_end = (g_hi + 1) * COUT_G
-
-    dy_base = dy_ptr + n_idx.to(tl.int64) * sdn
+    dy_base = dy_ptr + n_idx.to(tl.int64) * _aligned(sdn, VEC)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in tl.static_range(KH):
         th = h_i + PAD - kh
@@ -229,14 +256,15 @@ def conv_dgrad_kernel(
             tw_c = tl.maximum(tw, 0)
             wo = tw_c // STRIDE
             row_ok = m_ok & h_ok & (tw >= 0) & (tw_c % STRIDE == 0) & (wo < WO)
-            dy_row = dy_base + ho * sdh + wo * sdw
+            dy_row = dy_base + ho * _aligned(sdh, VEC) + wo * _aligned(sdw, VEC)
+            w_tap = w_ptr + kh * _aligned(swh, VEC_W) + kw * _aligned(sww, VEC_W)
             for k0 in range(co_start, co_end, BLOCK_K):
                 co = k0 + tl.arange(0, BLOCK_K)
                 co_ok = co < co_end
                 a = tl.load(dy_row[:, None] + co[None, :] * sdc, mask=row_ok[:, None] & co_ok[None, :], other=0.0)
-                ci_l = offs_n[None, :] - (co[:, None] // COUT_G) * CIN_G
-                b_mask = co_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < CIN_G)
-                b = tl.load(w_ptr + co[:, None] * swo + ci_l * swi + kh * swh + kw * sww, mask=b_mask, other=0.0)
+                ci_l = offs_n[None, :] - (co[:, None] // COUT_G) * cig
+                b_mask = co_ok[:, None] & n_ok[None, :] & (ci_l >= 0) & (ci_l < cig)
+                b = tl.load(w_tap + co[:, None] * _aligned(swo, VEC_W) + ci_l * swi, mask=b_mask, other=0.0)
                 acc = _block_diag_dot(a, b, acc, co // COUT_G, offs_n // CIN_G, g_lo, g_hi, DOT_F32, IEEE)
 
     mask = m_ok[:, None] & n_ok[None, :]
@@ -259,11 +287,14 @@ def conv_wgrad_kernel(
     PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_M: tl.constexpr,
+    VEC: tl.constexpr = 1, VEC_DY: tl.constexpr = 1,
 ):
     # dW[co, ci_l, kh, kw] = sum_{n, ho, wo} dy[n, co, ho, wo] * x_eff[n, ci, ho*S - P + kh, wo*S - P + kw]
     # Tile = (BLOCK_CO output channels) x (BLOCK_CI input channels of the spanned groups) for one tap;
     # the pixel reduction is split over grid axis 2 (split-K) into an fp32 workspace
     # ws[split, co, ci_l, kh, kw], summed afterwards (deterministic, no atomics).
+    # VEC (VEC_DY): 16-byte vector along x's (dy's) channels, where CIN_G (C_OUT) and the tensor's other
+    # strides are multiples of it, else 1 (see conv_fwd_kernel).
     pid_co = tl.program_id(0)
     pid_ci = tl.program_id(1)
     pid_z = tl.program_id(2)
@@ -275,11 +306,11 @@ def conv_wgrad_kernel(
 
     co0 = pid_co * BLOCK_CO
     offs_co = co0 + tl.arange(0, BLOCK_CO)
-    co_ok = offs_co < C_OUT
-    g_lo = co0 // COUT_G
-    g_hi = (tl.minimum(co0 + BLOCK_CO, C_OUT) - 1) // COUT_G
-    ci_start = g_lo * CIN_G + pid_ci * BLOCK_CI
-    ci_end = (g_hi + 1) * CIN_G
+    co_ok = offs_co < _aligned(C_OUT, VEC_DY)
+    g_lo, g_hi = _group_span(co0, BLOCK_CO, C_OUT, COUT_G)
+    cig = _aligned(CIN_G, VEC)
+    ci_start = g_lo * cig + pid_ci * BLOCK_CI
+    ci_end = (g_hi + 1) * cig
     ci = ci_start + tl.arange(0, BLOCK_CI)
     ci_ok = ci < ci_end
 
@@ -290,22 +321,21 @@ def conv_wgrad_kernel(
         for m0 in range(m_lo, m_hi, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             m_ok = offs_m < m_hi
-            wo = offs_m % WO
-            tmp = offs_m // WO
-            ho = tmp % HO
-            n_idx = tmp // HO
+            n_idx, ho, wo = _pixels(offs_m, HO, WO)
             hi = ho * STRIDE - PAD + kh
             wi = wo * STRIDE - PAD + kw
             row_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
             # dy^T tile [BLOCK_CO, BLOCK_M], loaded transposed directly
-            dy_col = dy_ptr + n_idx.to(tl.int64) * sdn + ho * sdh + wo * sdw
+            dy_col = (dy_ptr + n_idx.to(tl.int64) * _aligned(sdn, VEC_DY) + ho * _aligned(sdh, VEC_DY)
+                      + wo * _aligned(sdw, VEC_DY))
             a = tl.load(dy_col[None, :] + offs_co[:, None] * sdc, mask=co_ok[:, None] & m_ok[None, :], other=0.0)
-            x_row = x_ptr + n_idx.to(tl.int64) * sxn + hi * sxh + wi * sxw
+            x_row = (x_ptr + n_idx.to(tl.int64) * _aligned(sxn, VEC) + hi * _aligned(sxh, VEC)
+                     + wi * _aligned(sxw, VEC))
             b_mask = row_ok[:, None] & ci_ok[None, :]
             b = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=b_mask, other=0.0)
             if PRE_AFFINE or PRE_RELU or PRE_GATE:
                 b = _apply_prologue(b, b_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
-                                    gate_ptr, C_IN, PRE_AFFINE, PRE_RELU, PRE_GATE)
+                                    gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_RELU, PRE_GATE)
                 b = cast_to(b, x_ptr.dtype.element_ty)
             acc = _mma(a, b.to(a.dtype), acc, DOT_F32, IEEE)
 
@@ -323,6 +353,21 @@ def conv_wgrad_kernel(
 def empty_like_format(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """Allocate ``shape`` in ``t``'s memory format (channels_last stays channels_last)."""
     return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=memory_format_of(t))
+
+
+def channel_vec(t: torch.Tensor, *multiples_of: int) -> int:
+    """Elements of a 16-byte vector along the channels (dim 1) of the 4-D ``t``, halved until the other
+    strides of ``t`` and every ``multiples_of`` are multiples of it; 1 unless the channels are contiguous
+    (NCHW tensors are read element by element). The conv kernels' ``VEC`` arguments: with it the loads of
+    a channel vector are provably aligned and unmasked within the vector, so they compile to vector loads.
+    Strides of size-1 dims are skipped (their index is 0 wherever a load is not masked)."""
+    if t.dim() != 4 or t.stride(1) != 1:
+        return 1
+    v = max(1, 16 // t.element_size())
+    for s in [t.stride(d) for d in (0, 2, 3) if t.shape[d] > 1] + list(multiples_of):
+        while s % v:
+            v //= 2
+    return v
 
 
 def conv2d_fwd(
@@ -383,7 +428,9 @@ def conv2d_fwd(
         BN_BETA=post_bn is not None and post_bn[3] is not None,
         HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
         DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, VEC=channel_vec(x, cin_g), VEC_W=channel_vec(weight, cin_g),
+        VEC_Y=min(channel_vec(t, C_out) for t in (out, residual) if t is not None),
+        num_warps=nw, num_stages=ns,
     )
     return out, part_mean, part_m2, BM
 
@@ -408,7 +455,9 @@ def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, p
         cin_g, cout_g,
         STRIDE=stride, PAD=padding, KH=KH, KW=KW, HAS_ACC=add is not None,
         DOT_F32=dot_in_fp32(dy.dtype, tgt.interpret), IEEE=ieee_dot(dy.dtype),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, VEC=channel_vec(dy, cout_g), VEC_W=channel_vec(weight, cin_g),
+        VEC_DX=min(channel_vec(t, C_in) for t in (dx, add) if t is not None),
+        num_warps=nw, num_stages=ns,
     )
     return dx
 
@@ -439,6 +488,7 @@ def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, p
         PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
         DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
         BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_M=cfg.block_m,
+        VEC=channel_vec(x, cin_g), VEC_DY=channel_vec(dy, C_out),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return ws[0] if split == 1 else ws.sum(0)
