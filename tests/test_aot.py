@@ -87,3 +87,19 @@ def test_aot_gate_regnet_y_400mf_sm90(tmp_path):
     assert {r["kernel"] for r in half} >= {"conv_fwd_kernel", "conv_dgrad_kernel", "conv_wgrad_kernel"}
     for p in rep["plans"]:
         assert p["predicted_ms"]["h200"] <= p["predicted_ms"]["h100_sxm"]
+
+
+def test_sass_load_counts():
+    """Async 16-byte copies count as vector loads, their barrier as no load, narrow loads as scalar."""
+    from regnet_kernels.benchmark.aot import sass_facts
+
+    sass = """
+        /*0100*/  LDGSTS.E.BYPASS.LTC128B.128 [R1], desc[UR4][R2.64] ;
+        /*0110*/  LDGDEPBAR ;
+        /*0120*/  LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0130*/  LDG.E.U16 R5, desc[UR4][R6.64] ;
+        /*0140*/  LDGSTS.E.64 [R1], desc[UR4][R2.64] ;
+        /*0150*/  HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+    """
+    f = sass_facts(sass)
+    assert (f["vector_loads"], f["scalar_loads"], f["wgmma"]) == (3, 1, 1)

@@ -69,7 +69,7 @@ def _bin_dir() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-_LOAD_RE = re.compile(r"\b(LDG|LDGSTS)(\.[A-Z0-9_]+)*")
+_LOAD_RE = re.compile(r"\b(LDGSTS|LDG)(\.[A-Z0-9_]+)*\b")  # LDGSTS first; LDGDEPBAR is no load
 
 
 def sass_facts(sass: str) -> dict:
