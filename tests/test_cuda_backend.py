@@ -89,7 +89,7 @@ def test_extension_imports_and_reports_archs():
     assert "compute_90" in info["ptx"], info
     assert info["cuda_version"] and info["compiler"].startswith("nvcc"), info
     # the registry sees the same facts
-    st = backends._cuda_ext_status()
+    st = backends.cuda_ext_status()
     assert st["built"] and "sm_90" in st["archs"]
 
 

@@ -84,7 +84,8 @@ class Kit:
         print(line, flush=True)
         self.log.write(line + "\n")
 
-    def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
+    def child_env(self, extra: Dict[str, str]) -> Dict[str, str]:
+        """This environment for a child process: the repo on ``PYTHONPATH``, unbuffered, plus ``extra``."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -97,7 +98,7 @@ class Kit:
         step._t = time.monotonic()  # type: ignore[attr-defined]
         step._f = fout  # type: ignore[attr-defined]
         step._cap = max(5.0, min(step.cap_s, self.left() - 5))  # type: ignore[attr-defined]
-        return subprocess.Popen(step.argv, cwd=ROOT, stdout=fout, stderr=subprocess.STDOUT, env=self._env(step.env),
+        return subprocess.Popen(step.argv, cwd=ROOT, stdout=fout, stderr=subprocess.STDOUT, env=self.child_env(step.env),
                                 start_new_session=True)
 
     def finish(self, step: Step, proc: subprocess.Popen) -> Step:
@@ -159,7 +160,7 @@ def _env_step(kit: Kit) -> None:
         except Exception as e:
             info[cmd[0]] = f"unavailable: {type(e).__name__}"
     r = subprocess.run([kit.py, "-m", "regnet_kernels", "info", "--json"], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT, env=kit._env({}))
+                       timeout=120, cwd=ROOT, env=kit.child_env({}))
     try:
         info["regnet_kernels_info"] = json.loads(r.stdout)
     except ValueError:

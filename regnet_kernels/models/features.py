@@ -144,7 +144,7 @@ class RegNetFeatures(nn.Module):
         backbone = cls.__new__(cls)
         nn.Module.__init__(backbone)
         backbone.regnet_params = getattr(model, "regnet_params", None)
-        backbone._adopt(model.stem, model.trunk_output, out_indices)
+        cls._adopt(backbone, model.stem, model.trunk_output, out_indices)
         backbone.train(model.training)
         return backbone
 
