@@ -22,7 +22,7 @@ from torch import nn
 import regnet_kernels as rk
 from conftest import DEVICE, kernel_ready
 from regnet_kernels.models import RegNet, RegNetParams, ResBottleneckBlock
-from regnet_kernels.models.regnet import BlockSpec
+from regnet_kernels.models import BlockSpec
 from regnet_kernels.nn import FusedBottleneck, FusedConvBNAct2d, FusedSqueezeExcite
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
 

@@ -148,7 +148,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_block_low_precision(kind, dtype):
     """One bottleneck, fused (Triton) vs the float64 oracle with the flash-attention rule."""
     _triton_ready()
-    from regnet_kernels.models.regnet import BlockSpec
+    from regnet_kernels.models import BlockSpec
 
     if kind == "se_proj":
         spec = BlockSpec(stage=1, index=0, width_in=16, width_out=32, stride=2, group_width=8, bottleneck_width=32,

@@ -23,7 +23,7 @@ import regnet_kernels as rk
 from _numerics import check
 from conftest import DEVICE, kernel_ready
 from regnet_kernels.models import ResBottleneckBlock
-from regnet_kernels.models.regnet import BlockSpec
+from regnet_kernels.models import BlockSpec
 from regnet_kernels.nn import FusedBottleneck
 
 # 8 -> 16 channels, stride 2, SE and a projection (both shifted convs); and an identity block (conv a

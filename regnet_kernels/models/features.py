@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .regnet import RegNet, RegNetParams
+from .params import RegNetParams
+from .regnet import RegNet
 
 __all__ = ["FeatureInfo", "RegNetFeatures", "load_classifier_state_dict"]
 
