@@ -60,34 +60,19 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple, Union
 
-from regnet_kernels.benchmark.costs import (
-    DEVICES,
-    ConvShape,
-    DeviceSpec,
-    Kernel,
-    Layer,
-    Traffic,
-    conv_out,
-    match_device,
-)
+from regnet_kernels.benchmark import costs as _costs
+from regnet_kernels.benchmark.costs import *  # noqa: F401,F403  (re-exported: listed once in costs.__all__)
+from regnet_kernels.benchmark.costs import ConvShape, Kernel, Layer, Traffic
 
 __all__ = [
     "REGIMES",
     "MODES",
     "DTYPE_BYTES",
     "BN_CHANNEL_BYTES",
-    "DeviceSpec",
-    "DEVICES",
-    "match_device",
-    "Kernel",
-    "Layer",
-    "Traffic",
-    "ConvShape",
-    "conv_out",
     "model_traffic",
     "conv_bn_act_traffic",
     "PUBLISHED_FLOORS",
-]
+] + list(_costs.__all__)
 
 REGIMES: Tuple[str, ...] = ("eager", "fused", "block_fused")
 MODES: Tuple[str, ...] = ("infer", "train")
