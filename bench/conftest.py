@@ -32,9 +32,6 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    from regnet_kernels.testing import skip_gpu_tests  # imported here: after TRITON_INTERPRET is set
+
+    skip_gpu_tests(items)

@@ -41,6 +41,8 @@ __all__ = [
     "current_override",
     "register_op_check",
     "triton_interpreting",
+    "triton_version",
+    "cuda_ext_status",
     "summary",
 ]
 
@@ -90,7 +92,9 @@ def triton_interpreting() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _triton_version() -> Optional[str]:
+def triton_version() -> Optional[str]:
+    """The installed Triton's ``__version__``, or None when it does not import (cached)."""
+
     def probe():
         try:
             import triton
@@ -102,17 +106,23 @@ def _triton_version() -> Optional[str]:
     return _cached("triton_version", probe)
 
 
-def _triton_import_error() -> Optional[str]:
+def _import_error(key: str, modules: Sequence[str], describe: Callable[[Exception], str]) -> Optional[str]:
+    """None if every module of ``modules`` imports, else ``describe(error)`` (cached under ``key``)."""
+
     def probe():
         try:
-            import triton  # noqa: F401
-            import triton.language  # noqa: F401
-
+            for name in modules:
+                importlib.import_module(name)
             return None
         except Exception as e:  # pragma: no cover - depends on the machine
-            return f"triton is not importable ({type(e).__name__}: {e})"
+            return describe(e)
 
-    return _cached("triton_import", probe)
+    return _cached(key, probe)
+
+
+def _triton_import_error() -> Optional[str]:
+    return _import_error("triton_import", ("triton", "triton.language"),
+                         lambda e: f"triton is not importable ({type(e).__name__}: {e})")
 
 
 def _version_tuple(v: str) -> tuple:
@@ -123,7 +133,7 @@ def _version_tuple(v: str) -> tuple:
     return tuple(out)
 
 
-def _cuda_ext_status() -> dict:
+def cuda_ext_status() -> dict:
     """Whether the compiled extension ``regnet_kernels._C`` loads, and what it was built for."""
 
     def probe():
@@ -145,15 +155,7 @@ def _cuda_ext_status() -> dict:
 
 
 def _cupy_status() -> Optional[str]:
-    def probe():
-        try:
-            import cupy  # noqa: F401
-
-            return None
-        except Exception as e:
-            return f"cupy not importable ({type(e).__name__})"
-
-    return _cached("cupy", probe)
+    return _import_error("cupy", ("cupy",), lambda e: f"cupy not importable ({type(e).__name__})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def _triton_env() -> Optional[str]:
     err = _triton_import_error()
     if err is not None:
         return err
-    v = _triton_version() or "0"
+    v = triton_version() or "0"
     if _version_tuple(v) < (3, 1):
         return f"triton {v} is too old (need >= 3.1)"
     return None
@@ -246,7 +248,7 @@ def _triton_device(device: torch.device) -> Optional[str]:
 
 @torch.compiler.assume_constant_result
 def _cuda_env() -> Optional[str]:
-    st = _cuda_ext_status()
+    st = cuda_ext_status()
     if not st["built"] and _cupy_status() is not None:
         return (
             "the CUDA extension regnet_kernels._C is not built "
@@ -404,10 +406,10 @@ def summary() -> list:
             "reason": env or b.why_not_device(dev),
         }
         if name == "triton":
-            row["version"] = _triton_version()
+            row["version"] = triton_version()
             row["interpreter"] = triton_interpreting()
         if name == "cuda":
-            row["extension"] = _cuda_ext_status()
+            row["extension"] = cuda_ext_status()
             row["cupy"] = _cupy_status() is None
         rows.append(row)
     return rows

@@ -34,7 +34,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cudnn": cudnn,
-        "triton": backends._triton_version(),
+        "triton": backends.triton_version(),
         "cuda_available": cuda_ok,
         "gpus": gpus,
         "backends": backends.summary(),

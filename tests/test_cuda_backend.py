@@ -1,4 +1,4 @@
-"""The hand-written CUDA backend (csrc/ + regnet_kernels/kernels/cuda/{ext,api}.py + ops/*/fused.py).
+"""The hand-written CUDA backend (csrc/ + regnet_kernels/kernels/cuda/{ext,api}.py, composed by ops/*/fused.py).
 
 CPU (these run in CI):
 - the extension: imports when built, build_info() archs, config() == config.cuh, error translation
@@ -13,14 +13,11 @@ CPU (these run in CI):
   suites (the same flash-attention rule vs float64 as for Triton), layouts, running statistics,
   opcheck, determinism.
 
-GPU (``@pytest.mark.gpu``; the parametrized suites in test_conv_bn_act.py / test_squeeze_excite.py
-also run the cuda backend there): CUDA vs Triton on real regnet_y_1_6gf stage shapes (bf16, batch 8),
-CUDA-graph capture of a train step, compute-sanitizer memcheck / racecheck, every output element written
-and bitwise determinism, the CuPy JIT fallback vs the compiled extension.
+GPU: test_cuda_gpu.py (and the parametrized suites of test_conv_bn_act.py / test_squeeze_excite.py, which
+also run the cuda backend there).
 """
 from __future__ import annotations
 
-import copy
 import ctypes
 import glob
 import hashlib
@@ -31,63 +28,28 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-import test_conv_bn_act as tcba
-import test_edges as tedge
-import test_squeeze_excite as tse
-from _numerics import check, rel_err
+import conv_bn_act_checks as cba_checks
+import edge_checks
+import squeeze_excite_checks as se_checks
 from conftest import HAS_CUDA
+from cuda_helpers import CSRC, ROOT, SETUP, check_fully_written_and_deterministic, extension
 from regnet_kernels import backends
 from regnet_kernels.kernels.cuda import ext as _cuda_ext
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
-
-ROOT = Path(__file__).resolve().parents[1]
-CSRC = ROOT / "csrc"
-
-
-def _load_setup():
-    """setup.py as a module (its setup() call is guarded by ``__name__ == "__main__"``)."""
-    spec = importlib.util.spec_from_file_location("regnet_kernels_setup", ROOT / "setup.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SETUP = _load_setup()
-
-
-def _fused(op: str, kernels: str):
-    """The op's fused composition on one kernel set (what ``backend=kernels`` runs): reference.py's functions."""
-    from regnet_kernels.ops.dispatch import bind
-
-    return bind(f"regnet_kernels.ops.{op}", kernels)
-
-
-def _extension():
-    """``regnet_kernels._C``, or skip with the reason it is absent (failing where it should exist)."""
-    try:
-        return importlib.import_module("regnet_kernels._C")
-    except ImportError as e:
-        if os.environ.get("REGNET_KERNELS_NO_CUDA", "") not in ("", "0"):
-            pytest.skip("extension not built: REGNET_KERNELS_NO_CUDA is set")
-        if SETUP.find_nvcc() is None:
-            pytest.skip(f"extension not built: nvcc is absent on this machine ({e})")
-        pytest.fail(f"nvcc is present ({SETUP.find_nvcc()}) but regnet_kernels._C does not import: {e}. "
-                    f"Rebuild: python setup.py build_ext --inplace")
+from regnet_kernels.testing import rel_err
 
 
 # ------------------------------------------------------------------------------------------------
 # The compiled extension
 # ------------------------------------------------------------------------------------------------
 def test_extension_imports_and_reports_archs():
-    ext = _extension()
+    ext = extension()
     info = ext.build_info()
     assert info["emulated"] is False
     if os.environ.get("REGNET_KERNELS_CUDA_ARCH_LIST"):
@@ -96,12 +58,12 @@ def test_extension_imports_and_reports_archs():
     assert "compute_90" in info["ptx"], info
     assert info["cuda_version"] and info["compiler"].startswith("nvcc"), info
     # the registry sees the same facts
-    st = backends._cuda_ext_status()
+    st = backends.cuda_ext_status()
     assert st["built"] and "sm_90" in st["archs"]
 
 
 def test_extension_needs_no_torch_or_cudart_at_runtime():
-    ext = _extension()
+    ext = extension()
     if not sys.platform.startswith("linux") or shutil.which("ldd") is None:
         pytest.skip("ldd check is Linux-only")
     deps = subprocess.run(["ldd", ext.__file__], capture_output=True, text=True).stdout
@@ -110,19 +72,19 @@ def test_extension_needs_no_torch_or_cudart_at_runtime():
 
 
 def test_config_matches_header():
-    ext = _extension()
+    ext = extension()
     assert ext.config() == _cuda_ext.read_config()
 
 
 @pytest.mark.parametrize("c_in,c_out,groups", [(3, 16, 1), (256, 256, 1), (232, 232, 29), (48, 48, 2), (120, 120, 5),
                                                (64, 128, 8), (24, 40, 1)])
 def test_wgrad_channel_chunks_agree(c_in, c_out, groups):
-    ext = _extension()
+    ext = extension()
     assert ext.wgrad_channel_chunks(c_in, c_out, groups) == _cuda_ext.wgrad_channel_chunks(c_in, c_out, groups)
 
 
 def test_launcher_errors_become_python_exceptions():
-    ext = _extension()
+    ext = extension()
     # argument validation happens before any CUDA call: ValueError naming the launcher and the problem
     with pytest.raises(ValueError, match=r"bn_act: dtype code 7"):
         ext.bn_act(7, 1, 2, 3, 4, 5, 8, 8, 1, True, 0)
@@ -165,14 +127,15 @@ def test_explicit_cuda_backend_on_cpu_raises():
     assert cuda_reason in str(ei.value)
     with pytest.raises(backends.BackendUnavailableError, match="cuda"):
         squeeze_excite(x, torch.randn(2, 8), None, torch.randn(8, 2), None, backend="cuda")
-    # the cuda kernel set refuses CPU tensors on its own too
-    cu = _fused("conv_bn_act", "cuda")
+    # the cuda.py entry points refuse CPU tensors on their own too
+    from regnet_kernels.ops.dispatch import bind
+    cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
 
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         cu.conv_bn_act_eval(x, w, g, b, torch.zeros(8), torch.ones(8), 1, 1, 2, 1e-5, True)
 
 
-def test_info_mentions_extension():
+def test_info_mentionsextension():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-m", "regnet_kernels", "info"], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
@@ -330,9 +293,9 @@ def test_cupy_fallback_marshals_every_kernel_argument(emulated_cuda, monkeypatch
     monkeypatch.setitem(sys.modules, "cupy", fake)
     jit = _cuda_ext.CupyLib()
     with _cuda_ext.use_lib(_Tee(emulated_cuda, jit)):
-        tcba.compare(tcba.CONFIGS["gw8_s2_odd"], torch.float16, True, backend="cuda")
-        tcba.compare(tcba.CONFIGS["stem_3to16_s2"], torch.bfloat16, False, backend="cuda")
-        tse.compare(tse.SHAPES["odd_9x9"], torch.float32, backend="cuda")
+        cba_checks.compare(cba_checks.CONFIGS["gw8_s2_odd"], torch.float16, True, backend="cuda")
+        cba_checks.compare(cba_checks.CONFIGS["stem_3to16_s2"], torch.bfloat16, False, backend="cuda")
+        se_checks.compare(se_checks.SHAPES["odd_9x9"], torch.float32, backend="cuda")
     sigs = _kernel_signatures()
     kind = {np.uint64: "ptr", np.int64: "i64", np.float32: "f32"}
     seen = set()
@@ -506,16 +469,16 @@ _dt = {"ids": lambda d: str(d).split(".")[-1]}
 
 @pytest.mark.parametrize("dtype", DTYPES, **_dt)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("name", list(tcba.CONFIGS))
+@pytest.mark.parametrize("name", list(cba_checks.CONFIGS))
 def test_emulated_conv_bn_act_matches_oracle(emulated_cuda, name, training, dtype):
-    tcba.compare(tcba.CONFIGS[name], dtype, training, backend="cuda")
+    cba_checks.compare(cba_checks.CONFIGS[name], dtype, training, backend="cuda")
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "noncontig"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", ["gw8_s2_odd", "stem_3to16_s2", "1x1_c24to40"])
 def test_emulated_conv_bn_act_layouts(emulated_cuda, name, training, layout):
-    got, _ = tcba.compare(tcba.CONFIGS[name], torch.float16, training, layout=layout, backend="cuda")
+    got, _ = cba_checks.compare(cba_checks.CONFIGS[name], torch.float16, training, layout=layout, backend="cuda")
     assert got["channels_last"] == (layout == "channels_last")
 
 
@@ -525,22 +488,23 @@ def test_emulated_conv_bn_act_semantics(emulated_cuda, monkeypatch, splits):
 
     monkeypatch.setattr(cuda_kernels, "WGRAD_SPLITS", splits)  # split-K with an uneven last split, and without
     for training in (True, False):
-        tcba.test_no_activation("cuda", training)
-    tcba.test_batch_one_eval("cuda")
-    tcba.test_large_mean_input("cuda")
-    tcba.test_running_stats_semantics("cuda")
-    tcba.test_autocast("cuda")
+        cba_checks.check_no_activation("cuda", training)
+    cba_checks.check_batch_one_eval("cuda")
+    cba_checks.check_large_mean_input("cuda")
+    cba_checks.check_running_stats_semantics("cuda")
+    cba_checks.check_autocast("cuda")
     for launcher in ("conv_fwd", "bn_finalize", "bn_act", "bn_bwd_reduce", "sum_rows", "bn_bwd_dy", "conv_dgrad",
                      "conv_wgrad", "wgrad_reduce", "bn_running_update"):
         assert emulated_cuda.calls.get(launcher, 0) >= 1, (launcher, emulated_cuda.calls)
 
 
 def test_emulated_conv_bn_act_opcheck(emulated_cuda):
-    tcba.test_opcheck("cuda")
+    cba_checks.check_opcheck("cuda")
 
 
 def test_emulated_conv_bn_act_is_deterministic(emulated_cuda):
-    cu = _fused("conv_bn_act", "cuda")
+    from regnet_kernels.ops.dispatch import bind
+    cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
 
     torch.manual_seed(0)
     x = torch.randn(2, 32, 9, 9, dtype=torch.float16)
@@ -561,7 +525,8 @@ def test_emulated_sync_batchnorm_plumbing(emulated_cuda, tmp_path):
     reference's synchronised ones."""
     import torch.distributed as dist
 
-    cu = _fused("conv_bn_act", "cuda")
+    from regnet_kernels.ops.dispatch import bind
+    cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
     from regnet_kernels.ops.conv_bn_act import reference as ref
 
     if dist.is_initialized():
@@ -591,32 +556,32 @@ def test_emulated_sync_batchnorm_plumbing(emulated_cuda, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, **_dt)
-@pytest.mark.parametrize("name", [n for n in tse.SHAPES if n != "112x112"])
+@pytest.mark.parametrize("name", [n for n in se_checks.SHAPES if n != "112x112"])
 def test_emulated_squeeze_excite_matches_oracle(emulated_cuda, name, dtype):
-    tse.compare(tse.SHAPES[name], dtype, backend="cuda")
+    se_checks.compare(se_checks.SHAPES[name], dtype, backend="cuda")
 
 
 def test_emulated_squeeze_excite_large_and_layouts(emulated_cuda):
-    tse.compare(tse.SHAPES["112x112"], torch.float32, backend="cuda")
+    se_checks.compare(se_checks.SHAPES["112x112"], torch.float32, backend="cuda")
     for layout in ("channels_last", "noncontig"):
-        got = tse.compare(tse.SHAPES["odd_9x9"], torch.bfloat16, layout, backend="cuda")
+        got = se_checks.compare(se_checks.SHAPES["odd_9x9"], torch.bfloat16, layout, backend="cuda")
         assert got["channels_last"] == (layout == "channels_last")
-    tse.test_no_bias_and_2d_weights("cuda")
-    tse.test_opcheck("cuda")
+    se_checks.check_no_bias_and_2d_weights("cuda")
+    se_checks.check_opcheck("cuda")
     for launcher in ("se_reduce", "se_fc_fwd", "se_scale", "se_fc_bwd", "se_dx", "se_outer"):
         assert emulated_cuda.calls.get(launcher, 0) >= 1, (launcher, emulated_cuda.calls)
 
 
 def test_emulated_squeeze_excite_batch_not_multiple_of_block(emulated_cuda):
     """N = 7 samples: the FC kernels handle SE_NB-sample blocks with a partial last block."""
-    tse.compare((7, 24, 6, 3, 5), torch.float32, backend="cuda")
+    se_checks.compare((7, 24, 6, 3, 5), torch.float32, backend="cuda")
 
 
-@pytest.mark.parametrize("case", tedge.CASES, ids=[c.id for c in tedge.CASES])
+@pytest.mark.parametrize("case", edge_checks.CASES, ids=[c.id for c in edge_checks.CASES])
 def test_emulated_edges(emulated_cuda, case):
     """The edge table through the cuda backend (blocks: per-op fusion): NaN/Inf, empty batches, refusals
     (grouped NaN: the NaN stays in its own group's outputs and gradients, as in eager)."""
-    tedge.test_module_edges(case, "cuda")
+    edge_checks.check_module_edges(case, "cuda")
 
 
 def _assert_same_nonfinite(name, got, want, tol):
@@ -636,7 +601,8 @@ def test_emulated_grouped_conv_nonfinite_stays_in_group(emulated_cuda, geo, dtyp
     """A NaN / +Inf / -Inf in x (forward, weight gradient) or in the output gradient (data gradient) of a
     grouped conv whose 64-channel tiles span several groups reaches only its own group's outputs and
     gradients, with eager's values: NaN where an Inf meets an in-group zero weight, signed Inf otherwise."""
-    cu = _fused("conv_bn_act", "cuda")
+    from regnet_kernels.ops.dispatch import bind
+    cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
     from regnet_kernels.ops.conv_bn_act import reference as ref
 
     c_in, c_out, groups, stride = geo
@@ -672,323 +638,8 @@ def test_emulated_grouped_conv_nonfinite_stays_in_group(emulated_cuda, geo, dtyp
     assert want[0].isnan().any() and want[1].isnan().any()
 
 
-# ------------------------------------------------------------------------------------------------
-# GPU
-# ------------------------------------------------------------------------------------------------
-def _gpu_cuda_ready():
-    reason = backends.why_not("cuda", [torch.empty(1, device="cuda")])
-    if reason is not None:
-        pytest.skip(f"cuda backend unavailable: {reason}")
-
-
-def _stage_convs(model_name: str = "regnet_y_1_6gf", resolution: int = 224):
-    """Every distinct conv of a RegNet: ``(label, C_in, C_out, H, kernel, stride, groups)`` plus the SE shapes
-    ``(label, C, S, H)``."""
-    from regnet_kernels.models import get_model_params
-
-    params = get_model_params(model_name)
-    convs = {("stem", 3, params.stem_width, resolution, 3, 2, 1)}
-    ses = set()
-    h = resolution // 2
-    for b in params.blocks():
-        ho = h // b.stride
-        wb = b.bottleneck_width
-        tag = f"s{b.stage}b{min(b.index, 1)}"
-        convs.add((f"{tag}_a", b.width_in, wb, h, 1, 1, 1))
-        convs.add((f"{tag}_b", wb, wb, h, 3, b.stride, wb // b.group_width))
-        convs.add((f"{tag}_c", wb, b.width_out, ho, 1, 1, 1))
-        if b.stride != 1 or b.width_in != b.width_out:
-            convs.add((f"{tag}_proj", b.width_in, b.width_out, h, 1, b.stride, 1))
-        if b.se_width:
-            ses.add((f"{tag}_se", wb, b.se_width, ho))
-        h = ho
-    uniq = {}
-    for c in sorted(convs):
-        uniq.setdefault(c[1:], c)
-    return sorted(uniq.values()), sorted(ses)
-
-
-def _conv_case(c_in, c_out, h, k, stride, groups, dtype, batch, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(batch, c_in, h, h, device="cuda", generator=gen).to(dtype).contiguous(
-        memory_format=torch.channels_last)
-    w = (torch.randn(c_out, c_in // groups, k, k, device="cuda", generator=gen) / (c_in // groups * k * k) ** 0.5)
-    g = torch.rand(c_out, device="cuda", generator=gen) + 0.5
-    b = torch.randn(c_out, device="cuda", generator=gen) * 0.2
-    rm = torch.randn(c_out, device="cuda", generator=gen) * 0.2
-    rv = torch.rand(c_out, device="cuda", generator=gen) + 0.5
-    return x, w.to(dtype), g, b, rm, rv
-
-
-@pytest.mark.gpu
-def test_gpu_cuda_matches_triton_on_regnet_stages():
-    """conv_bn_act train/eval fwd+bwd and SE fwd+bwd on every distinct regnet_y_1_6gf shape, bf16, batch 8:
-    the CUDA kernels' error vs float64 is within 2x Triton's (plus the bf16 floor)."""
-    _gpu_cuda_ready()
-    cu = _fused("conv_bn_act", "cuda")
-    from regnet_kernels.ops.conv_bn_act import reference as ref
-    tri = _fused("conv_bn_act", "triton")
-    se_cu = _fused("squeeze_excite", "cuda")
-    from regnet_kernels.ops.squeeze_excite import reference as se_ref
-    se_tri = _fused("squeeze_excite", "triton")
-
-    dtype, batch = torch.bfloat16, 8
-    convs, ses = _stage_convs()
-    mask = [True] * 4
-    for label, c_in, c_out, h, k, s, groups in convs:
-        x, w, g, b, rm, rv = _conv_case(c_in, c_out, h, k, s, groups, dtype, batch)
-        x64, w64 = x.double(), w.double()
-        args = (s, k // 2, groups)
-        outs = {m: mod.conv_bn_act_train(x, w, g, b, *args, 1e-5, True) for m, mod in (("cuda", cu), ("triton", tri))}
-        r64 = ref.conv_bn_act_train(x64, w64, g.double(), b.double(), *args, 1e-5, True)
-        for i, key in enumerate(("out", "y", "mean", "invstd", "var_unb")):
-            check(f"{label} train {key}", outs["cuda"][i], outs["triton"][i], r64[i], dtype)
-        go = torch.randn_like(outs["cuda"][0])
-        gr = {m: mod.conv_bn_act_train_backward(go, x, w, outs[m][1], outs[m][2], outs[m][3], g, b, *args, True, mask)
-              for m, mod in (("cuda", cu), ("triton", tri))}
-        g64 = ref.conv_bn_act_train_backward(go.double(), x64, w64, r64[1], r64[2], r64[3], g.double(), b.double(),
-                                             *args, True, mask)
-        for i, key in enumerate(("dx", "dw", "dgamma", "dbeta")):
-            check(f"{label} train {key}", gr["cuda"][i], gr["triton"][i], g64[i], dtype)
-        ev = {m: mod.conv_bn_act_eval(x, w, g, b, rm, rv, *args, 1e-5, True) for m, mod in (("cuda", cu),
-                                                                                          ("triton", tri))}
-        e64 = ref.conv_bn_act_eval(x64, w64, g.double(), b.double(), rm.double(), rv.double(), *args, 1e-5, True)
-        check(f"{label} eval out", ev["cuda"], ev["triton"], e64, dtype)
-        eg = {m: mod.conv_bn_act_eval_backward(go, x, w, ev[m], g, b, rm, rv, *args, 1e-5, True, mask)
-              for m, mod in (("cuda", cu), ("triton", tri))}
-        eg64 = ref.conv_bn_act_eval_backward(go.double(), x64, w64, e64, g.double(), b.double(), rm.double(),
-                                             rv.double(), *args, 1e-5, True, mask)
-        for i, key in enumerate(("dx", "dw", "dgamma", "dbeta")):
-            check(f"{label} eval {key}", eg["cuda"][i], eg["triton"][i], eg64[i], dtype)
-    for label, c, s, h in ses:
-        gen = torch.Generator(device="cuda").manual_seed(1)
-        x = torch.randn(batch, c, h, h, device="cuda", generator=gen).to(dtype).contiguous(
-            memory_format=torch.channels_last)
-        w1 = torch.randn(s, c, 1, 1, device="cuda", generator=gen) * 0.3
-        b1 = torch.randn(s, device="cuda", generator=gen) * 0.3
-        w2 = torch.randn(c, s, 1, 1, device="cuda", generator=gen) * 0.3
-        b2 = torch.randn(c, device="cuda", generator=gen) * 0.3
-        p64 = [t.double() for t in (w1, b1, w2, b2)]
-        fw = {m: mod.squeeze_excite(x, w1, b1, w2, b2) for m, mod in (("cuda", se_cu), ("triton", se_tri))}
-        f64 = se_ref.squeeze_excite(x.double(), *p64)
-        for i, key in enumerate(("out", "pooled", "gate")):
-            check(f"{label} {key}", fw["cuda"][i], fw["triton"][i], f64[i], dtype)
-        go = torch.randn_like(fw["cuda"][0])
-        bw = {m: mod.squeeze_excite_backward(go, x, w1, b1, w2, b2, fw[m][1], fw[m][2], [True] * 5)
-              for m, mod in (("cuda", se_cu), ("triton", se_tri))}
-        b64 = se_ref.squeeze_excite_backward(go.double(), x.double(), *p64, f64[1], f64[2], [True] * 5)
-        for i, key in enumerate(("dx", "dw1", "db1", "dw2", "db2")):
-            check(f"{label} {key}", bw["cuda"][i], bw["triton"][i], b64[i], dtype)
-
-
-def _tiny_se_net():
-    from regnet_kernels.models import SqueezeExcitation
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1, groups=2, bias=False), nn.BatchNorm2d(32), nn.ReLU()),
-        SqueezeExcitation(32, 8),
-        nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32, momentum=None)),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5),
-    )
-
-
-@pytest.mark.gpu
-def test_gpu_cuda_graph_train_step():
-    """A whole train step (forward, backward, SGD, BN buffers) of an optimize(backend="cuda") model captured
-    in a CUDA graph and replayed matches the same steps run eagerly."""
-    _gpu_cuda_ready()
-    import regnet_kernels as rk
-
-    base = _tiny_se_net().cuda()
-    eager_m = rk.optimize(copy.deepcopy(base), backend="cuda")
-    graph_m = rk.optimize(copy.deepcopy(base), backend="cuda")
-    xs = [torch.randn(4, 3, 16, 16, device="cuda") for _ in range(6)]
-    ys = [torch.randint(0, 5, (4,), device="cuda") for _ in range(6)]
-
-    def step(model, opt, x, y):
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    opt_e = torch.optim.SGD(eager_m.parameters(), lr=0.1, momentum=0.9)
-    opt_g = torch.optim.SGD(graph_m.parameters(), lr=0.1, momentum=0.9)
-    static_x, static_y = xs[0].clone(), ys[0].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (module loading, optimizer state) off the capture stream
-        for i in range(2):
-            opt_g.zero_grad(set_to_none=True)
-            static_x.copy_(xs[i])
-            static_y.copy_(ys[i])
-            step(graph_m, opt_g, static_x, static_y)
-    torch.cuda.current_stream().wait_stream(side)
-    for i in range(2):
-        opt_e.zero_grad(set_to_none=True)
-        step(eager_m, opt_e, xs[i], ys[i])
-    graph = torch.cuda.CUDAGraph()
-    opt_g.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_loss = step(graph_m, opt_g, static_x, static_y)
-    for i in range(2, 6):
-        static_x.copy_(xs[i])
-        static_y.copy_(ys[i])
-        graph.replay()
-        opt_e.zero_grad(set_to_none=True)
-        loss_e = step(eager_m, opt_e, xs[i], ys[i])
-        assert rel_err(static_loss, loss_e) < 1e-5, i
-    torch.cuda.synchronize()
-    for (n, p), (_, q) in zip(graph_m.named_parameters(), eager_m.named_parameters()):
-        assert rel_err(p, q) < 1e-5, n
-    for (n, a), (_, b) in zip(graph_m.named_buffers(), eager_m.named_buffers()):
-        assert (rel_err(a, b) < 1e-5) if a.is_floating_point() else torch.equal(a, b), n
-
-
-_SANITIZER_SCRIPT = textwrap.dedent("""
-    import torch
-    cu = _fused("conv_bn_act", "cuda")
-    se = _fused("squeeze_excite", "cuda")
-    torch.manual_seed(0)
-    cases = [(2, 3, 16, 9, 3, 2, 1), (2, 32, 32, 9, 3, 2, 4), (1, 224, 224, 4, 3, 2, 2), (3, 24, 40, 7, 1, 1, 1),
-             (2, 72, 72, 7, 3, 2, 3), (2, 48, 48, 5, 5, 1, 2)]
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for n, ci, co, h, k, s, g in cases:
-            for cl in (False, True):
-                x = torch.randn(n, ci, h, h + 1, device="cuda").to(dtype)
-                if cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                w = (torch.randn(co, ci // g, k, k, device="cuda") * 0.2).to(dtype)
-                gm, bt = torch.rand(co, device="cuda") + 0.5, torch.randn(co, device="cuda")
-                rm, rv = torch.randn(co, device="cuda"), torch.rand(co, device="cuda") + 0.5
-                out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, gm, bt, s, k // 2, g, 1e-5, True)
-                go = torch.randn_like(out)
-                cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, gm, bt, s, k // 2, g, True, [True] * 4)
-                e = cu.conv_bn_act_eval(x, w, gm, bt, rm, rv, s, k // 2, g, 1e-5, True)
-                cu.conv_bn_act_eval_backward(go, x, w, e, gm, bt, rm, rv, s, k // 2, g, 1e-5, True, [True] * 4)
-                cu.update_running_stats(rm, rv, torch.tensor(3, device="cuda"), mean, var, 0.0, True)
-        for n, c, sq, h in [(3, 48, 12, 9), (5, 40, 10, 6), (4, 24, 8, 1)]:
-            x = torch.randn(n, c, h, h, device="cuda").to(dtype)
-            p = [torch.randn(sq, c, device="cuda"), torch.randn(sq, device="cuda"),
-                 torch.randn(c, sq, device="cuda"), torch.randn(c, device="cuda")]
-            out, pooled, gate = se.squeeze_excite(x, *p)
-            se.squeeze_excite_backward(torch.randn_like(out), x, *p, pooled, gate, [True] * 5)
-    torch.cuda.synchronize()
-    print("SANITIZER-SCRIPT-DONE")
-""")
-
-
-def _find_sanitizer():
-    found = shutil.which("compute-sanitizer")
-    if found:
-        return found
-    nvcc = SETUP.find_nvcc()
-    cands = ([Path(nvcc).resolve().parent / "compute-sanitizer"] if nvcc else []) + [
-        Path("/usr/local/cuda/bin/compute-sanitizer"), Path("/usr/local/cuda/compute-sanitizer/compute-sanitizer")]
-    for c in cands:
-        if c.is_file():
-            return str(c)
-    return None
-
-
-@pytest.mark.gpu
-@pytest.mark.slow
-@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_gpu_compute_sanitizer(tmp_path, tool):
-    _gpu_cuda_ready()
-    san = _find_sanitizer()
-    if san is None:
-        pytest.skip("compute-sanitizer not found")
-    script = tmp_path / "sanitize_me.py"
-    script.write_text(_SANITIZER_SCRIPT)
-    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1",  # every tensor its own allocation: OOB is visible
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [san, "--tool", tool, "--error-exitcode", "99", "--print-limit", "20"]
-    if tool == "memcheck":
-        cmd += ["--leak-check", "no"]
-    res = subprocess.run(cmd + [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=1800)
-    out = res.stdout + res.stderr
-    assert "SANITIZER-SCRIPT-DONE" in out and res.returncode == 0, out[-6000:]
-    assert "ERROR SUMMARY: 0 errors" in out or "RACECHECK SUMMARY: 0 hazards" in out, out[-6000:]
-
-
-def _check_fully_written_and_deterministic(device: str) -> None:
-    """torch.empty filled with NaN (deterministic mode): any output or workspace element a kernel fails to
-    write shows up as NaN; two runs agree bitwise (no atomics, fixed reduction orders)."""
-    cu = _fused("conv_bn_act", "cuda")
-    se = _fused("squeeze_excite", "cuda")
-
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
-        gen = torch.Generator().manual_seed(0)
-
-        def rnd(*shape, scale=1.0):
-            return (torch.randn(*shape, generator=gen) * scale).to(device)
-
-        x = rnd(3, 48, 13, 11).half().contiguous(memory_format=torch.channels_last)
-        w = rnd(72, 16, 3, 3, scale=0.2).half()
-        g, b = rnd(72).abs() + 0.5, rnd(72)
-        rm, rv = rnd(72), rnd(72).abs() + 0.5
-        p = [rnd(12, 48), rnd(12), rnd(48, 12), rnd(48)]
-        go = rnd(3, 72, 7, 6).half()
-        runs = []
-        for _ in range(2):
-            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 3, 1e-5, True)
-            res = [out, y, mean, invstd, var]
-            res += cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, g, b, 2, 1, 3, True, [True] * 4)
-            e = cu.conv_bn_act_eval(x, w, g, b, rm, rv, 2, 1, 3, 1e-5, True)
-            res += [e] + list(cu.conv_bn_act_eval_backward(go, x, w, e, g, b, rm, rv, 2, 1, 3, 1e-5, True, [True] * 4))
-            so, pooled, gate = se.squeeze_excite(x, *p)
-            res += [so, pooled, gate] + list(se.squeeze_excite_backward(x, x, *p, pooled, gate, [True] * 5))
-            runs.append(res)
-        for i, (a, c) in enumerate(zip(*runs)):
-            assert torch.isfinite(a.float()).all(), f"output {i} has unwritten (NaN) elements"
-            assert torch.equal(a, c), f"output {i} differs between two runs"
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
-
-
 def test_emulated_outputs_fully_written_and_deterministic(emulated_cuda, monkeypatch):
     from regnet_kernels.kernels.cuda import api as cuda_kernels
 
     monkeypatch.setattr(cuda_kernels, "WGRAD_SPLITS", 2)
-    _check_fully_written_and_deterministic("cpu")
-
-
-@pytest.mark.gpu
-def test_gpu_outputs_fully_written_and_deterministic():
-    _gpu_cuda_ready()
-    _check_fully_written_and_deterministic("cuda")
-
-
-@pytest.mark.gpu
-def test_gpu_cupy_fallback_matches_extension():
-    """The CuPy/NVRTC JIT of the same sources gives the compiled extension's results."""
-    _gpu_cuda_ready()
-    pytest.importorskip("cupy")
-    ext = _extension()
-    cu = _fused("conv_bn_act", "cuda")
-    se = _fused("squeeze_excite", "cuda")
-
-    jit = _cuda_ext.CupyLib()
-    torch.manual_seed(0)
-    x = torch.randn(2, 32, 9, 9, device="cuda").half()
-    w = (torch.randn(32, 8, 3, 3, device="cuda") * 0.2).half()
-    g, b = torch.rand(32, device="cuda") + 0.5, torch.randn(32, device="cuda")
-    p = [torch.randn(8, 32, device="cuda"), torch.randn(8, device="cuda"), torch.randn(32, 8, device="cuda"),
-         torch.randn(32, device="cuda")]
-    results = []
-    for provider in (ext, jit):
-        with _cuda_ext.use_lib(provider):
-            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 4, 1e-5, True)
-            grads = cu.conv_bn_act_train_backward(torch.ones_like(out), x, w, y, mean, invstd, g, b, 2, 1, 4, True,
-                                                  [True] * 4)
-            so, pooled, gate = se.squeeze_excite(x.float(), *p)
-            results.append([out, y, mean, invstd, *grads, so, pooled, gate])
-    for a, c in zip(*results):
-        assert rel_err(a, c) < 1e-6
+    check_fully_written_and_deterministic("cpu")

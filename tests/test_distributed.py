@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from _numerics import rel_err
+from regnet_kernels.testing import rel_err
 from conftest import kernel_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -13,10 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.util
 import json
 import re
-import sys
 import zipfile
 from pathlib import Path
 
@@ -25,11 +23,12 @@ import torch
 from torch import nn
 
 import regnet_kernels as rk
-from _numerics import FP32_REL, check, rel_err
 from conftest import DEVICE, HAS_CUDA, import_timm, import_torchvision, kernel_ready
+from helpers import load_example
 from regnet_kernels import export as rk_export
 from regnet_kernels.models import RegNet, RegNetParams, get_model
 from regnet_kernels.nn import FusedBottleneck
+from regnet_kernels.testing import FP32_REL, check, rel_err
 
 # (the tiny design points of tests/test_fused_models.py)
 TINY_Y = RegNetParams(depth=3, w_0=16, w_a=8, w_m=2.0, group_width=8, se_ratio=0.25, stem_width=16)
@@ -336,20 +335,9 @@ def test_aoti_package_calls_the_fused_ops_on_gpu(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # examples/serve.py
 # ------------------------------------------------------------------------------------------------
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "serve.py"
-
-
 @pytest.fixture(scope="module")
 def serve():
-    name = "regnet_kernels_examples_serve"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(name, None)
+    yield from load_example("serve.py", "regnet_kernels_examples_serve")
 
 
 def test_serve_example_quick(serve, tmp_path, capsys):

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import regnet_kernels as rk
-from _numerics import check, rel_err
+from regnet_kernels.testing import check, rel_err
 from conftest import DEVICE, kernel_ready
+from helpers import random_bn_block
 from regnet_kernels.models import RegNet, RegNetParams, ResBottleneckBlock, get_model
 from regnet_kernels.nn import FusedBottleneck, FusedConvBNAct2d
 
@@ -148,7 +149,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_block_low_precision(kind, dtype):
     """One bottleneck, fused (Triton) vs the float64 oracle with the flash-attention rule."""
     _triton_ready()
-    from regnet_kernels.models.regnet import BlockSpec
+    from regnet_kernels.models import BlockSpec
 
     if kind == "se_proj":
         spec = BlockSpec(stage=1, index=0, width_in=16, width_out=32, stride=2, group_width=8, bottleneck_width=32,
@@ -156,14 +157,7 @@ def test_block_low_precision(kind, dtype):
     else:
         spec = BlockSpec(stage=2, index=1, width_in=32, width_out=32, stride=1, group_width=16, bottleneck_width=32,
                          se_width=None)
-    torch.manual_seed(0)
-    block = ResBottleneckBlock(spec, nn.BatchNorm2d, nn.ReLU)
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.3)
-    holder = nn.Sequential(block)
+    holder = nn.Sequential(random_bn_block(spec))
     for m in holder.modules():  # every conv (SE FCs too) in ``dtype``; BatchNorm stays fp32, as under AMP
         if isinstance(m, nn.Conv2d):
             m.to(dtype)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
-from tests._numerics import check
+from regnet_kernels.testing import check
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the GPU configs run for real")
 
@@ -78,7 +78,7 @@ def test_whole_blocks_with_gpu_tiles(monkeypatch, training):
 
     import regnet_kernels as rk
     from regnet_kernels import models
-    from tests._numerics import rel_err
+    from regnet_kernels.testing import rel_err
 
     torch.manual_seed(0)
     params = models.RegNetParams(depth=3, w_0=16, w_a=8, w_m=2.0, group_width=8, se_ratio=0.25, stem_width=16)

@@ -7,7 +7,7 @@ mask element moves a BatchNorm gradient by ~1e-2 relative), and the weight gradi
 ``x ~ mean`` over a ``dy`` that sums to ~0, which cancels. The Triton block runs those convs (forward and
 weight gradient) on ``x - x[0, :, 0, 0]`` (per channel, where the mean dominates), which training BatchNorm cancels exactly, and corrects the
 batch means for the running statistics. So every tensor is held to the full fp32 rule of
-``_numerics.check``: at most 2x eager's error vs float64 plus 1e-6, *and* at most 1e-4 relative, which
+``regnet_kernels.testing.check``: at most 2x eager's error vs float64 plus 1e-6, *and* at most 1e-4 relative, which
 eager itself does not meet here (its weight gradients are off by 1e-3 at mean 300 and by >1 at 1e4).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import regnet_kernels as rk
-from _numerics import check
+from regnet_kernels.testing import check
 from conftest import DEVICE, kernel_ready
-from regnet_kernels.models import ResBottleneckBlock
-from regnet_kernels.models.regnet import BlockSpec
+from helpers import random_bn_block
+from regnet_kernels.models import BlockSpec
 from regnet_kernels.nn import FusedBottleneck
 
 # 8 -> 16 channels, stride 2, SE and a projection (both shifted convs); and an identity block (conv a
@@ -37,14 +37,7 @@ SPECS = {
 
 
 def _block(spec: BlockSpec, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    block = ResBottleneckBlock(spec, nn.BatchNorm2d, nn.ReLU)
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.3)
-    return nn.Sequential(block)
+    return nn.Sequential(random_bn_block(spec, seed))
 
 
 def _run(model: nn.Module, x: torch.Tensor, seed: int) -> dict:

@@ -4,10 +4,8 @@ example's data helpers."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,23 +13,14 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA
+from helpers import load_example
 from regnet_kernels import backends
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 
 
 @pytest.fixture(scope="module")
 def example():
     """examples/train.py as a module (examples/ is not a package)."""
-    name = "regnet_kernels_examples_train"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve their module through sys.modules
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(name, None)
+    yield from load_example("train.py", "regnet_kernels_examples_train")
 
 
 def _launches() -> Counter:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import regnet_kernels as rk
-from _numerics import rel_err
+from regnet_kernels.testing import rel_err
 from conftest import DEVICE, kernel_ready
 from regnet_kernels.models import RegNet, RegNetParams
 

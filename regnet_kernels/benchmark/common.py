@@ -20,6 +20,8 @@ import torch
 __all__ = [
     "MIN_RESOLUTION",
     "int_at_least",
+    "resolution_type",
+    "add_run_options",
     "positive_float",
     "split_names",
     "parse_providers",
@@ -55,6 +57,22 @@ def int_at_least(lo: int, what: str = "") -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {lo}"  # argparse names the type in its messages
     return parse
+
+
+def resolution_type() -> Callable[[str], int]:
+    """An argparse ``type=`` for an image size: an integer >= :data:`MIN_RESOLUTION`."""
+    return int_at_least(MIN_RESOLUTION, " (five stride-2 stages)")
+
+
+def add_run_options(p: argparse.ArgumentParser, provider_names: Sequence[str], *, dtype_help: str,
+                    providers_help: str, resolution_help: str) -> None:
+    """``--dtype``, ``--providers`` and ``--resolution`` as ``bench``, ``sweep`` and ``pick`` spell them;
+    each help text continues the shared start (``"autocast dtype (fp32: no autocast)"``, ``"any of NAMES"``)."""
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="autocast dtype (fp32: no autocast)" + dtype_help)
+    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                   help=f"any of {', '.join(provider_names)}" + providers_help)
+    p.add_argument("--resolution", type=resolution_type(), default=None, help=resolution_help)
 
 
 def positive_float(text: str) -> float:

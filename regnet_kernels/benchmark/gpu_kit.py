@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import IO, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ("summary.txt", "kit.log", "env.json", "tests.xml", "smoke.json", "bench.json", "speedup.png",
@@ -63,6 +63,10 @@ class Step:
     seconds: float = 0.0
     note: str = ""
     tail: str = ""
+    # while it runs (Kit.start / Kit.finish): start time, its time cap, the file its output goes to
+    started: float = field(default=0.0, repr=False)
+    cap: float = field(default=0.0, repr=False)
+    out_file: Optional[IO[str]] = field(default=None, repr=False)
 
 
 class Kit:
@@ -84,7 +88,8 @@ class Kit:
         print(line, flush=True)
         self.log.write(line + "\n")
 
-    def _env(self, extra: Dict[str, str]) -> Dict[str, str]:
+    def child_env(self, extra: Dict[str, str]) -> Dict[str, str]:
+        """This environment for a child process: the repo on ``PYTHONPATH``, unbuffered, plus ``extra``."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -94,15 +99,15 @@ class Kit:
     def start(self, step: Step) -> subprocess.Popen:
         self.say(f"start {step.name}: {' '.join(step.argv)[:300]}")
         fout = open(self.tmp / f"{step.name}.out", "w")
-        step._t = time.monotonic()  # type: ignore[attr-defined]
-        step._f = fout  # type: ignore[attr-defined]
-        step._cap = max(5.0, min(step.cap_s, self.left() - 5))  # type: ignore[attr-defined]
-        return subprocess.Popen(step.argv, cwd=ROOT, stdout=fout, stderr=subprocess.STDOUT, env=self._env(step.env),
+        step.started = time.monotonic()
+        step.out_file = fout
+        step.cap = max(5.0, min(step.cap_s, self.left() - 5))
+        return subprocess.Popen(step.argv, cwd=ROOT, stdout=fout, stderr=subprocess.STDOUT, env=self.child_env(step.env),
                                 start_new_session=True)
 
     def finish(self, step: Step, proc: subprocess.Popen) -> Step:
         try:
-            proc.wait(timeout=max(1.0, step._cap - (time.monotonic() - step._t)))  # type: ignore[attr-defined]
+            proc.wait(timeout=max(1.0, step.cap - (time.monotonic() - step.started)))
             step.rc = proc.returncode
         except subprocess.TimeoutExpired:
             import signal
@@ -116,9 +121,9 @@ class Kit:
                 except Exception:
                     pass
             step.rc = 124
-            step.note = f"stopped at its time cap ({step._cap:.0f} s)"  # type: ignore[attr-defined]
-        step.seconds = time.monotonic() - step._t  # type: ignore[attr-defined]
-        step._f.close()  # type: ignore[attr-defined]
+            step.note = f"stopped at its time cap ({step.cap:.0f} s)"
+        step.seconds = time.monotonic() - step.started
+        step.out_file.close()
         text = (self.tmp / f"{step.name}.out").read_text(errors="replace")
         step.tail = text[-3000:]
         self.log.write(f"----- {step.name} (rc {step.rc}, {step.seconds:.1f} s) -----\n")
@@ -159,7 +164,7 @@ def _env_step(kit: Kit) -> None:
         except Exception as e:
             info[cmd[0]] = f"unavailable: {type(e).__name__}"
     r = subprocess.run([kit.py, "-m", "regnet_kernels", "info", "--json"], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT, env=kit._env({}))
+                       timeout=120, cwd=ROOT, env=kit.child_env({}))
     try:
         info["regnet_kernels_info"] = json.loads(r.stdout)
     except ValueError:

@@ -35,7 +35,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from regnet_kernels.benchmark.common import (
-    MIN_RESOLUTION, device_name, device_slug, git, int_at_least, parse_providers, write_json_atomic,
+    add_run_options, device_name, device_slug, git, int_at_least, parse_providers, resolution_type,
+    write_json_atomic,
 )
 
 __all__ = ["add_arguments", "main", "merge_write", "parse_bench_providers", "Config", "REQUIRED_FIELDS", "SCHEMA",
@@ -60,21 +61,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the ``bench`` subcommand's options to ``p``."""
     from regnet_kernels.benchmark.providers import PROVIDERS
 
-    res = int_at_least(MIN_RESOLUTION, " (five stride-2 stages)")
+    res = resolution_type()
     p.add_argument("--model", default=None,
                    help="zoo model (default: regnet_y_1_6gf on GPU, regnet_y_400mf on CPU)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="both",
                    help="inference, a full training step (fwd + bwd + SGD), or both (default)")
     p.add_argument("--batch", type=int_at_least(1), default=None,
                    help="images per step (default: GPU 256 infer / 128 train; CPU 2, --full 4)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="autocast dtype (fp32: no autocast). Default bf16 on GPU. CPU: the numerics check runs "
-                        "all three (this option picks one) and timing is fp32; --full: bf16 throughout")
-    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
-                   help=f"any of {', '.join(PROVIDERS)} (space or comma separated; default: all that can run "
-                        "here; torch.compile on CPU only when named)")
-    p.add_argument("--resolution", type=res, default=None,
-                   help="image size of the timing (default 224; CPU --quick 64)")
+    add_run_options(
+        p, PROVIDERS,
+        dtype_help=". Default bf16 on GPU. CPU: the numerics check runs all three (this option picks one) and "
+                   "timing is fp32; --full: bf16 throughout",
+        providers_help=" (space or comma separated; default: all that can run here; torch.compile on CPU only "
+                       "when named)",
+        resolution_help="image size of the timing (default 224; CPU --quick 64)")
     p.add_argument("--full", action="store_true",
                    help="CPU: the larger run (numerics on --model itself, timing in --dtype at batch 4); tens of "
                         "minutes on two cores")

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from regnet_kernels.benchmark.common import (
-    MIN_RESOLUTION, device_name, git, int_at_least, triton_version, write_json_atomic,
+    add_run_options, device_name, git, int_at_least, triton_version, write_json_atomic,
 )
 
 __all__ = [
@@ -285,14 +285,13 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=("x", "y", "both"), default="both", help="RegNetX, RegNetY or both (default)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="zoo variants (comma or space separated; default: every variant of --family)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="autocast dtype (fp32: no autocast); default bf16 on GPU, fp32 on CPU (where bf16 autocast "
-                        "is usually slower and nobody deploys it)")
-    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
-                   help=f"any of {', '.join(SWEEP_PROVIDERS)}, or all (default: sweep {','.join(DEFAULT_PROVIDERS)}, "
-                        "pick eager_best,auto; on CPU only eager is timed unless compile is named)")
-    p.add_argument("--resolution", type=int_at_least(MIN_RESOLUTION, " (five stride-2 stages)"), default=None,
-                   help="square input size (default 224 on GPU; CPU 128, --quick 64)")
+    add_run_options(
+        p, SWEEP_PROVIDERS,
+        dtype_help="; default bf16 on GPU, fp32 on CPU (where bf16 autocast is usually slower and nobody "
+                   "deploys it)",
+        providers_help=f", or all (default: sweep {','.join(DEFAULT_PROVIDERS)}, pick eager_best,auto; on CPU "
+                       "only eager is timed unless compile is named)",
+        resolution_help="square input size (default 224 on GPU; CPU 128, --quick 64)")
     p.add_argument("--quick", action="store_true",
                    help="CI subset: the 3 smallest distinct variants, few repetitions, small CPU inputs")
     p.add_argument("--reps", type=int_at_least(1), default=None,

@@ -422,7 +422,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type != "cuda" and not (a.dry_run and _triton_utils.INTERPRET):
         print("tune: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)", file=sys.stderr)
         return 2
-    arch = _triton_utils._arch(device) if device.type == "cuda" else parse_arch(a.arch or 90)
+    arch = _triton_utils.device_arch(device) if device.type == "cuda" else parse_arch(a.arch or 90)
     batches = {"infer": a.batch, "train": a.train_batch}
     modes = [(m, batches[m]) for m in a.modes.split(",") if m]
     top, limit, res, reps = a.top, a.max_candidates, a.resolution, 3

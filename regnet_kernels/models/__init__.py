@@ -11,39 +11,18 @@
 * :func:`complexity`: params / MACs / acts of any CNN, counted on the meta device.
 """
 
+from . import params as _params
+from . import regnet as _regnet
+from . import zoo as _zoo
 from .complexity import complexity
 from .features import FeatureInfo, RegNetFeatures, load_classifier_state_dict
-from .regnet import (
-    ROUNDINGS,
-    AnyStage,
-    BlockSpec,
-    BottleneckTransform,
-    Conv2dNormActivation,
-    RegNet,
-    RegNetParams,
-    ResBottleneckBlock,
-    SimpleStemIN,
-    SqueezeExcitation,
-    StageSpec,
-)
-from . import zoo as _zoo
+from .params import *  # noqa: F401,F403  (the design space, listed once in params.__all__)
+from .regnet import *  # noqa: F401,F403  (the modules, listed once in regnet.__all__)
 from .zoo import *  # noqa: F401,F403  (the named constructors, listed once in zoo.__all__)
 from .zoo import ALIASES, MODEL_PARAMS, PUBLISHED, get_model, get_model_params, list_models  # noqa: F401
 
-__all__ = [
-    "ROUNDINGS",
-    "AnyStage",
-    "BlockSpec",
-    "BottleneckTransform",
-    "Conv2dNormActivation",
-    "FeatureInfo",
-    "RegNet",
-    "RegNetFeatures",
-    "RegNetParams",
-    "ResBottleneckBlock",
-    "SimpleStemIN",
-    "SqueezeExcitation",
-    "StageSpec",
-    "complexity",
-    "load_classifier_state_dict",
-] + list(_zoo.__all__)
+__all__ = sorted(
+    list(_params.__all__)
+    + list(_regnet.__all__)
+    + ["FeatureInfo", "RegNetFeatures", "complexity", "load_classifier_state_dict"]
+) + list(_zoo.__all__)

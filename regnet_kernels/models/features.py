@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .regnet import RegNet, RegNetParams
+from .params import RegNetParams
+from .regnet import RegNet
 
 __all__ = ["FeatureInfo", "RegNetFeatures", "load_classifier_state_dict"]
 
@@ -144,7 +145,7 @@ class RegNetFeatures(nn.Module):
         backbone = cls.__new__(cls)
         nn.Module.__init__(backbone)
         backbone.regnet_params = getattr(model, "regnet_params", None)
-        backbone._adopt(model.stem, model.trunk_output, out_indices)
+        cls._adopt(backbone, model.stem, model.trunk_output, out_indices)
         backbone.train(model.training)
         return backbone
 

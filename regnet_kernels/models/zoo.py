@@ -23,55 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .features import DEFAULT_OUT_INDICES, RegNetFeatures
-from .regnet import RegNet, RegNetParams
+from .params import RegNetParams
+from .regnet import RegNet
 
-__all__ = [
-    "ALIASES",
-    "MODEL_PARAMS",
-    "PUBLISHED",
-    "get_model",
-    "get_model_params",
-    "list_models",
-    "regnet_x_1_6gf",
-    "regnet_x_3_2gf",
-    "regnet_x_8gf",
-    "regnet_x_16gf",
-    "regnet_x_32gf",
-    "regnet_x_400mf",
-    "regnet_x_800mf",
-    "regnet_y_1_6gf",
-    "regnet_y_3_2gf",
-    "regnet_y_8gf",
-    "regnet_y_16gf",
-    "regnet_y_32gf",
-    "regnet_y_128gf",
-    "regnet_y_400mf",
-    "regnet_y_800mf",
-    "regnetx_1_6gf",
-    "regnetx_3_2gf",
-    "regnetx_4_0gf",
-    "regnetx_6_4gf",
-    "regnetx_8_0gf",
-    "regnetx_12gf",
-    "regnetx_16gf",
-    "regnetx_32gf",
-    "regnetx_200mf",
-    "regnetx_400mf",
-    "regnetx_600mf",
-    "regnetx_800mf",
-    "regnety_1_6gf",
-    "regnety_3_2gf",
-    "regnety_4_0gf",
-    "regnety_6_4gf",
-    "regnety_8_0gf",
-    "regnety_12gf",
-    "regnety_16gf",
-    "regnety_32gf",
-    "regnety_200mf",
-    "regnety_400mf",
-    "regnety_600mf",
-    "regnety_800mf",
-]
 
 
 def _tv(
@@ -130,6 +84,9 @@ MODEL_PARAMS: dict[str, RegNetParams] = {
     "regnety_16gf": _pycls(18, 200, 106.23, 2.48, 112, 0.25),  # RegNetY-16GF
     "regnety_32gf": _pycls(20, 232, 115.89, 2.53, 232, 0.25),  # RegNetY-32GF
 }
+
+# The named constructors below are MODEL_PARAMS's keys, one function each.
+__all__ = ["ALIASES", "MODEL_PARAMS", "PUBLISHED", "get_model", "get_model_params", "list_models", *MODEL_PARAMS]
 
 
 def _aliases_of(name: str) -> tuple[str, str]:
@@ -409,9 +366,10 @@ def regnety_32gf(**kwargs: Any) -> RegNet:
 # ------------------------------------------------------------------------------------------------ #
 
 
-def _tv_published(params: int, weights: dict[str, tuple[float, float, int, float]]) -> dict[str, Any]:
-    # weights: name -> (acc@1, acc@5, eval crop size, `_ops`), from torchvision's Weights meta.
-    w = {k: {"top1": t1, "top5": t5, "resolution": r, "gmacs": g} for k, (t1, t5, r, g) in weights.items()}
+def _tv_published(params: int, **weights: tuple[float, float, int, float]) -> dict[str, Any]:
+    # weights: IMAGENET1K_<key> -> (acc@1, acc@5, eval crop size, `_ops`), from torchvision's Weights meta.
+    w = {f"IMAGENET1K_{k}": {"top1": t1, "top5": t5, "resolution": r, "gmacs": g}
+         for k, (t1, t5, r, g) in weights.items()}
     at224 = [v["gmacs"] for v in w.values() if v["resolution"] == 224]
     v1 = w.get("IMAGENET1K_V1", {})
     return {
@@ -454,115 +412,27 @@ def _pycls_published(params: int, flops: int, acts: int, top1_err: float, top5_e
 #: - ``weights``: torchvision only: every published checkpoint -> ``top1``, ``top5``, eval
 #:   ``resolution`` and ``gmacs`` at that resolution.
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "regnet_y_400mf": _tv_published(
-        4344144,
-        {
-            "IMAGENET1K_V1": (74.046, 91.716, 224, 0.402),
-            "IMAGENET1K_V2": (75.804, 92.742, 224, 0.402),
-        },
-    ),
-    "regnet_y_800mf": _tv_published(
-        6432512,
-        {
-            "IMAGENET1K_V1": (76.42, 93.136, 224, 0.834),
-            "IMAGENET1K_V2": (78.828, 94.502, 224, 0.834),
-        },
-    ),
-    "regnet_y_1_6gf": _tv_published(
-        11202430,
-        {
-            "IMAGENET1K_V1": (77.95, 93.966, 224, 1.612),
-            "IMAGENET1K_V2": (80.876, 95.444, 224, 1.612),
-        },
-    ),
-    "regnet_y_3_2gf": _tv_published(
-        19436338,
-        {
-            "IMAGENET1K_V1": (78.948, 94.576, 224, 3.176),
-            "IMAGENET1K_V2": (81.982, 95.972, 224, 3.176),
-        },
-    ),
-    "regnet_y_8gf": _tv_published(
-        39381472,
-        {
-            "IMAGENET1K_V1": (80.032, 95.048, 224, 8.473),
-            "IMAGENET1K_V2": (82.828, 96.33, 224, 8.473),
-        },
-    ),
-    "regnet_y_16gf": _tv_published(
-        83590140,
-        {
-            "IMAGENET1K_V1": (80.424, 95.24, 224, 15.912),
-            "IMAGENET1K_V2": (82.886, 96.328, 224, 15.912),
-            "IMAGENET1K_SWAG_E2E_V1": (86.012, 98.054, 384, 46.735),
-            "IMAGENET1K_SWAG_LINEAR_V1": (83.976, 97.244, 224, 15.912),
-        },
-    ),
-    "regnet_y_32gf": _tv_published(
-        145046770,
-        {
-            "IMAGENET1K_V1": (80.878, 95.34, 224, 32.28),
-            "IMAGENET1K_V2": (83.368, 96.498, 224, 32.28),
-            "IMAGENET1K_SWAG_E2E_V1": (86.838, 98.362, 384, 94.826),
-            "IMAGENET1K_SWAG_LINEAR_V1": (84.622, 97.48, 224, 32.28),
-        },
-    ),
-    "regnet_y_128gf": _tv_published(
-        644812894,
-        {
-            "IMAGENET1K_SWAG_E2E_V1": (88.228, 98.682, 384, 374.57),
-            "IMAGENET1K_SWAG_LINEAR_V1": (86.068, 97.844, 224, 127.518),
-        },
-    ),
-    "regnet_x_400mf": _tv_published(
-        5495976,
-        {
-            "IMAGENET1K_V1": (72.834, 90.95, 224, 0.414),
-            "IMAGENET1K_V2": (74.864, 92.322, 224, 0.414),
-        },
-    ),
-    "regnet_x_800mf": _tv_published(
-        7259656,
-        {
-            "IMAGENET1K_V1": (75.212, 92.348, 224, 0.8),
-            "IMAGENET1K_V2": (77.522, 93.826, 224, 0.8),
-        },
-    ),
-    "regnet_x_1_6gf": _tv_published(
-        9190136,
-        {
-            "IMAGENET1K_V1": (77.04, 93.44, 224, 1.603),
-            "IMAGENET1K_V2": (79.668, 94.922, 224, 1.603),
-        },
-    ),
-    "regnet_x_3_2gf": _tv_published(
-        15296552,
-        {
-            "IMAGENET1K_V1": (78.364, 93.992, 224, 3.177),
-            "IMAGENET1K_V2": (81.196, 95.43, 224, 3.177),
-        },
-    ),
-    "regnet_x_8gf": _tv_published(
-        39572648,
-        {
-            "IMAGENET1K_V1": (79.344, 94.686, 224, 7.995),
-            "IMAGENET1K_V2": (81.682, 95.678, 224, 7.995),
-        },
-    ),
-    "regnet_x_16gf": _tv_published(
-        54278536,
-        {
-            "IMAGENET1K_V1": (80.058, 94.944, 224, 15.941),
-            "IMAGENET1K_V2": (82.716, 96.196, 224, 15.941),
-        },
-    ),
-    "regnet_x_32gf": _tv_published(
-        107811560,
-        {
-            "IMAGENET1K_V1": (80.622, 95.248, 224, 31.736),
-            "IMAGENET1K_V2": (83.014, 96.288, 224, 31.736),
-        },
-    ),
+    "regnet_y_400mf": _tv_published(4344144, V1=(74.046, 91.716, 224, 0.402), V2=(75.804, 92.742, 224, 0.402)),
+    "regnet_y_800mf": _tv_published(6432512, V1=(76.42, 93.136, 224, 0.834), V2=(78.828, 94.502, 224, 0.834)),
+    "regnet_y_1_6gf": _tv_published(11202430, V1=(77.95, 93.966, 224, 1.612), V2=(80.876, 95.444, 224, 1.612)),
+    "regnet_y_3_2gf": _tv_published(19436338, V1=(78.948, 94.576, 224, 3.176), V2=(81.982, 95.972, 224, 3.176)),
+    "regnet_y_8gf": _tv_published(39381472, V1=(80.032, 95.048, 224, 8.473), V2=(82.828, 96.33, 224, 8.473)),
+    "regnet_y_16gf": _tv_published(83590140, V1=(80.424, 95.24, 224, 15.912), V2=(82.886, 96.328, 224, 15.912),
+                                   SWAG_E2E_V1=(86.012, 98.054, 384, 46.735),
+                                   SWAG_LINEAR_V1=(83.976, 97.244, 224, 15.912)),
+    "regnet_y_32gf": _tv_published(145046770, V1=(80.878, 95.34, 224, 32.28), V2=(83.368, 96.498, 224, 32.28),
+                                   SWAG_E2E_V1=(86.838, 98.362, 384, 94.826),
+                                   SWAG_LINEAR_V1=(84.622, 97.48, 224, 32.28)),
+    "regnet_y_128gf": _tv_published(644812894,
+                                    SWAG_E2E_V1=(88.228, 98.682, 384, 374.57),
+                                    SWAG_LINEAR_V1=(86.068, 97.844, 224, 127.518)),
+    "regnet_x_400mf": _tv_published(5495976, V1=(72.834, 90.95, 224, 0.414), V2=(74.864, 92.322, 224, 0.414)),
+    "regnet_x_800mf": _tv_published(7259656, V1=(75.212, 92.348, 224, 0.8), V2=(77.522, 93.826, 224, 0.8)),
+    "regnet_x_1_6gf": _tv_published(9190136, V1=(77.04, 93.44, 224, 1.603), V2=(79.668, 94.922, 224, 1.603)),
+    "regnet_x_3_2gf": _tv_published(15296552, V1=(78.364, 93.992, 224, 3.177), V2=(81.196, 95.43, 224, 3.177)),
+    "regnet_x_8gf": _tv_published(39572648, V1=(79.344, 94.686, 224, 7.995), V2=(81.682, 95.678, 224, 7.995)),
+    "regnet_x_16gf": _tv_published(54278536, V1=(80.058, 94.944, 224, 15.941), V2=(82.716, 96.196, 224, 15.941)),
+    "regnet_x_32gf": _tv_published(107811560, V1=(80.622, 95.248, 224, 31.736), V2=(83.014, 96.288, 224, 31.736)),
     "regnetx_200mf": _pycls_published(2684792, 199040872, 2164056, 31.088, 11.342),
     "regnetx_400mf": _pycls_published(5157512, 397678568, 3143272, 27.382, 9.076),
     "regnetx_600mf": _pycls_published(6196040, 600891112, 3975096, 25.864, 8.198),

@@ -101,6 +101,7 @@ def _arch(device: torch.device) -> int:
         major, minor = torch.cuda.get_device_capability(idx)
         _arch_cache[idx] = 10 * major + minor
     return _arch_cache[idx]
+device_arch = _arch  # public name of the above (benchmark/tune.py)
 
 
 def target(device: torch.device) -> Target:
