@@ -185,7 +185,8 @@ def _pytest_argv(kit: Kit) -> List[str]:
         # the command line and collection are what a dry run can prove; one small module runs for real
         return argv + ["tests/test_squeeze_excite.py", "-k", "opcheck or eager"]
     if kit.quick:
-        return argv + ["tests/test_conv_bn_act.py", "tests/test_squeeze_excite.py", "tests/test_cuda_backend.py"]
+        return argv + ["tests/test_conv_bn_act.py", "tests/test_squeeze_excite.py", "tests/test_cuda_backend.py",
+                       "tests/test_cuda_gpu.py"]
     return argv + ["tests"]
 
 
