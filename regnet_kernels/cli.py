@@ -26,8 +26,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise SystemExit(f"check: {reason} (`python -m regnet_kernels info` lists every backend and why)") from None
 
 
+def _use_interpreter_without_gpu() -> None:
+    """The command line, not the library, turns the Triton interpreter on for a CPU-only run: it must be
+    set before the first kernel module is imported (Triton reads it when a kernel is decorated)."""
+    import os
+
+    import torch
+
+    if (not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ
+            and "regnet_kernels.kernels.triton.runtime" not in sys.modules):
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from regnet_kernels.benchmark.report import main as bench_main
+
+    _use_interpreter_without_gpu()
 
     return bench_main(args)
 

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -208,14 +207,13 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
-def _ensure_interpreter(cfg: Config) -> Optional[str]:
-    """On a CPU-only machine, turn the Triton interpreter on if no kernel module decided otherwise yet."""
-    if cfg.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") is not None:
+def _interpreter_note(cfg: Config) -> Optional[str]:
+    """Why the Triton kernels run in the interpreter here, when they do (the CLI turns it on without a GPU)."""
+    from regnet_kernels import backends
+
+    if cfg.device.type == "cuda" or not backends.triton_interpreting():
         return None
-    if "regnet_kernels.kernels.triton.runtime" in sys.modules:
-        return None
-    os.environ["TRITON_INTERPRET"] = "1"
-    return "no GPU: set TRITON_INTERPRET=1 so the Triton kernels run (slowly) for the numerics check"
+    return "no GPU: the Triton kernels run (slowly) in the interpreter (TRITON_INTERPRET=1) for the numerics check"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,7 +493,7 @@ def _torch_threads(n: Optional[int]) -> Iterator[None]:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark report; returns the exit status (1 only with ``--strict`` and a numerics failure)."""
     cfg = _config(args)
-    interp_note = _ensure_interpreter(cfg)
+    interp_note = _interpreter_note(cfg)
     with _torch_threads(cfg.threads if cfg.device.type == "cpu" else None):
         return _report(cfg, interp_note)
 
