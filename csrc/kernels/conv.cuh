@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     long long sxn, long long sxc, long long sxh, long long sxw,
     long long swo, long long swi, long long swh, long long sww,
     long long syn, long long syc, long long syh, long long syw,
-    long long relu) {
+    long long act) {
   using L = GemmSmem<T>;
   __shared__ __align__(128) unsigned char smem[L::BYTES];
   __shared__ long long row_x[GEMM_BM];    // n * sxn, or -1 past the last pixel
@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     if (row_x[r] < 0 || co >= C_out) continue;
     float v = Cs[r * L::LDC + c];
     if (affine) v = (v - post_mean[co]) * post_scale[co] + post_bias[co];
-    if (relu) v = relu_f(v);
+    v = apply_act(v, act);
     const T t = from_f32<T>(v);
     y[row_y[r] + co * syc] = t;
     Cs[r * L::LDC + c] = to_f32(t);  // statistics of the values as stored (what eager BN reads back)

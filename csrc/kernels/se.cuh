@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_fwd_kernel(const float* __re
       const float wv = w2[c * S + s];
 #pragma unroll
       for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += wv * relu_f(s1[(n0 + nb) * S + s]);
+        if (nb < nb_cnt) acc[nb] += wv * apply_act(s1[(n0 + nb) * S + s], ACT_RELU);  // SE's hidden act
     }
 #pragma unroll
     for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_bwd_kernel(
     for (int nb = 0; nb < SE_NB; ++nb) {  // constant indices: acc stays in registers
       if (nb < nb_cnt) {
         const long long o = (n0 + nb) * S + s;
-        ds1[o] = relu_grad_f(acc[nb], s1[o]);
+        ds1[o] = act_grad(acc[nb], s1[o], ACT_RELU);
       }
     }
   }
@@ -193,20 +193,19 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_bwd_kernel(
   }
 }
 
-// out[i, j] = sum_n A[n, i] * f(B[n, j]) in sample order, f = relu when relu_b, B = null means 1
+// out[i, j] = sum_n A[n, i] * apply_act(B[n, j], act_b) in sample order, B = null means 1
 // (then J = 1: column sums, the bias gradients). The SE weight gradients: dw1 = ds1^T @ pooled,
 // dw2 = ds2^T @ relu(s1), db1 = sum ds1, db2 = sum ds2.
 __global__ void se_outer_kernel(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ out,
-                                long long N, long long I, long long J, long long relu_b) {
+                                long long N, long long I, long long J, long long act_b) {
   const long long total = I * J;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += (long long)gridDim.x * blockDim.x) {
     const long long i = idx / J, j = idx - i * J;
     float acc = 0.0f;
     for (long long n = 0; n < N; ++n) {
-      float bv = B != nullptr ? B[n * J + j] : 1.0f;
-      if (relu_b) bv = relu_f(bv);
-      acc += A[n * I + i] * bv;
+      const float bv = B != nullptr ? B[n * J + j] : 1.0f;
+      acc += A[n * I + i] * apply_act(bv, act_b);
     }
     out[idx] = acc;
   }

@@ -13,7 +13,7 @@ import triton.language as tl
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
-from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
+from regnet_kernels.kernels.triton.common import ACT_RELU, act_grad, apply_act, cast_to
 
 
 @triton.jit
@@ -50,7 +50,7 @@ def block_tail_fwd_kernel(
     s = _ld(sc_ptr, n, hw, c, s_sn, s_shw, s_sc, mask)
     if HAS_PROJ:
         s = (s - _vec(mp_ptr, c, c_ok)) * _vec(kp_ptr, c, c_ok) + _vec(bp_ptr, c, c_ok)
-    out = relu(z + s)
+    out = apply_act(z + s, ACT_RELU)  # the block tail is ReLU by definition
     tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + c[None, :] * s_oc, cast_to(out, out_ptr.dtype.element_ty),
              mask=mask)
 
@@ -70,7 +70,7 @@ def _tail_grad(dout_ptr, yc_ptr, sc_ptr, n, hw, c, c_ok, mask,
         xp = (s - mp) * _vec(ip_ptr, c, c_ok)
         s = (s - mp) * _vec(kp_ptr, c, c_ok) + _vec(bp_ptr, c, c_ok)
     g = _ld(dout_ptr, n, hw, c, s_gn, s_ghw, s_gc, mask)
-    g = tl.where(mask, relu_grad(g, z + s), 0.0)
+    g = tl.where(mask, act_grad(g, z + s, ACT_RELU), 0.0)
     xc = (yc - mc) * _vec(ic_ptr, c, c_ok)
     return g, xc, xp
 

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
+from regnet_kernels.kernels.activation import Act
+from regnet_kernels.kernels.triton.common import act_grad, apply_act, cast_to
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.geometry import memory_format_of
@@ -99,7 +100,7 @@ def bn_running_update_kernel(
 def bn_act_kernel(
     y_ptr, out_ptr, mean_ptr, scale_ptr, bias_ptr, M, C, HW,
     s_yn, s_yc, s_yhw, s_on, s_oc, s_ohw,
-    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -115,8 +116,7 @@ def bn_act_kernel(
     s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
     z = (y.to(tl.float32) - mu[None, :]) * s[None, :] + b[None, :]
-    if RELU:
-        z = relu(z)
+    z = apply_act(z, ACT)
     tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + offs_c[None, :] * s_oc,
              cast_to(z, out_ptr.dtype.element_ty), mask=mask)
 
@@ -146,12 +146,13 @@ def bn_bwd_reduce_kernel(
     dout_ptr, src_ptr, dz_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, gate_ptr, dpool_ptr,
     part_dz_ptr, part_dzx_ptr, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_sn, s_sc, s_shw, s_zn, s_zc, s_zhw,
-    RELU: tl.constexpr, TRAIN: tl.constexpr, WRITE_DZ: tl.constexpr,
+    ACT: tl.constexpr, TRAIN: tl.constexpr, WRITE_DZ: tl.constexpr,
     HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # dz = dout * relu'(z): in training z = (y - mean)*scale + bias is recomputed from the saved pre-BN
-    # conv output y (src); in eval src is the saved output (relu' = out > 0). Per-tile partial sums
+    # dz = dout * act'(z): in training z = (y - mean)*scale + bias is recomputed from the saved pre-BN
+    # conv output y (src); in eval src is the saved output (ReLU's mask out > 0 is z > 0; an activation
+    # whose gradient needs z itself must recompute it here). Per-tile partial sums
     # of dz and (training) dz * xhat with xhat = (y - mean) * invstd: dbeta and dgamma, and the two
     # reductions BatchNorm's input gradient needs. Inside a fused block the incoming gradient first goes
     # through the squeeze-excitation scale: dout * gate[n, c] + dpooled[n, c] / HW.
@@ -164,16 +165,15 @@ def bn_bwd_reduce_kernel(
     if TRAIN:
         mu = tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0)
         rs = tl.load(invstd_ptr + offs_c, mask=c_ok, other=0.0)
-        if RELU:
+        if ACT:
             s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
             b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-            g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
+            g = act_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :], ACT)
         xhat = (v - mu[None, :]) * rs[None, :]
         g = tl.where(mask, g, 0.0)
         tl.store(part_dzx_ptr + pid_m * C + offs_c, tl.sum(g * xhat, axis=0), mask=c_ok)
     else:
-        if RELU:
-            g = relu_grad(g, v)
+        g = act_grad(g, v, ACT)
         g = tl.where(mask, g, 0.0)
     tl.store(part_dz_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=c_ok)
     if WRITE_DZ:
@@ -186,7 +186,7 @@ def bn_bwd_dy_kernel(
     dout_ptr, y_ptr, dy_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, sum_dz_ptr, sum_dzx_ptr,
     gate_ptr, dpool_ptr, inv_count, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_yn, s_yc, s_yhw, s_dn, s_dc, s_dhw,
-    RELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
+    ACT: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Gradient w.r.t. the pre-BN conv output (batch statistics):
@@ -200,9 +200,9 @@ def bn_bwd_dy_kernel(
     s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     mu = tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0)
     rs = tl.load(invstd_ptr + offs_c, mask=c_ok, other=0.0)
-    if RELU:
+    if ACT:
         b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-        g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
+        g = act_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :], ACT)
     a = tl.load(sum_dz_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     b = tl.load(sum_dzx_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     xhat = (v - mu[None, :]) * rs[None, :]
@@ -261,7 +261,7 @@ def bn_running_update(running_mean, running_var, num_batches_tracked, mean, var_
     )
 
 
-def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> torch.Tensor:
+def bn_act(y: torch.Tensor, affine, act: Act, out: torch.Tensor = None) -> torch.Tensor:
     """``act((y - mean) * scale + bias)`` with ``affine = (mean, scale, bias)``."""
     N, C, H, W = y.shape
     if out is None:
@@ -270,17 +270,17 @@ def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> tor
     BM, BC, nw, ns = _cfg.ew_config(M, C, target(y.device))
     launch(bn_act_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), y.device)(
         y, out, *affine, M, C, H * W, *pixel_strides(y), *pixel_strides(out),
-        RELU=relu, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+        ACT=int(act), BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
     )
     return out
 
 
-def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None, scale=None, bias=None,
+def bn_bwd_reduce(dout, src, *, train: bool, act: Act, mean=None, invstd=None, scale=None, bias=None,
                   write_dz: bool = False, gate=None, dpooled=None):
     """Returns ``(sum_dz, sum_dz_xhat | None, dz | None)``, sums in fp32 over N, H, W.
 
     ``gate`` / ``dpooled`` ((N, C) fp32): the incoming gradient is ``dout * gate + dpooled / HW`` (the
-    squeeze-excitation backward) before the ReLU mask.
+    squeeze-excitation backward) before the activation's gradient.
     """
     N, C, H, W = src.shape
     M = N * H * W
@@ -297,14 +297,14 @@ def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None,
         gate if gate is not None else f32, dpooled if dpooled is not None else f32,
         part[0], part[1] if train else part[0], M, C, H * W, 1.0 / (H * W),
         *pixel_strides(dout), *pixel_strides(src), *pixel_strides(dz if write_dz else dout),
-        RELU=relu, TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
+        ACT=int(act), TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
         BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
     )
     # separate reductions: the sums become op outputs, which must not share storage
     return part[0].sum(0), (part[1].sum(0) if train else None), dz
 
 
-def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, count: int, gate=None,
+def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, act: Act, count: int, gate=None,
               dpooled=None, out_dtype=None) -> torch.Tensor:
     N, C, H, W = y.shape
     M = N * H * W
@@ -316,7 +316,7 @@ def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, c
         gate if gate is not None else mean, dpooled if dpooled is not None else mean,
         1.0 / count, M, C, H * W, 1.0 / (H * W),
         *pixel_strides(dout), *pixel_strides(y), *pixel_strides(dy),
-        RELU=relu, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
+        ACT=int(act), HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
         num_warps=nw, num_stages=ns,
     )
     return dy

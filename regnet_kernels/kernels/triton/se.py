@@ -3,7 +3,7 @@ channel scale, and their backward pieces.
 
 Shapes: ``x`` (N, C, H, W) viewed as pixels x channels (see :func:`bn.pixel_strides`); ``pooled`` and
 ``gate`` are (N, C) fp32; ``w1`` (S, C), ``w2`` (C, S) with S the squeeze width. The pool and the
-dgate reduction take an optional BatchNorm + ReLU prologue so that, inside a fused block, they read
+dgate reduction take an optional BatchNorm + activation prologue so that, inside a fused block, they read
 the pre-BN conv output and never need the normalized tensor written.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.kernels.triton.common import bn_relu_tile, cast_to, relu, relu_grad
+from regnet_kernels.kernels.activation import Act
+from regnet_kernels.kernels.triton.common import ACT_RELU, act_grad, apply_act, bn_act_tile, cast_to
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
@@ -22,10 +23,10 @@ from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
 def se_channel_sum_kernel(
     x_ptr, w_ptr, out_ptr, mean_ptr, scale_ptr, bias_ptr,
     C, HW, sxn, sxc, sxhw, swn, swc, swhw, factor,
-    HAS_W: tl.constexpr, PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr,
+    HAS_W: tl.constexpr, PRE_AFFINE: tl.constexpr, PRE_ACT: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # out[n, c] = factor * sum over pixels of (w *) x_eff, x_eff = x or relu(BN(x)) inside a fused block.
+    # out[n, c] = factor * sum over pixels of (w *) x_eff, x_eff = x or act(BN(x)) inside a fused block.
     # The SE pool (no w, factor 1/HW) and the gate gradient (w = dout, factor 1). One program per
     # (sample, channel block), a sequential loop over pixels: deterministic, no atomics.
     n = tl.program_id(0)
@@ -39,7 +40,7 @@ def se_channel_sum_kernel(
         p = p0 + tl.arange(0, BLOCK_HW)
         msk = (p < HW)[:, None] & c_ok[None, :]
         v = tl.load(xbase + p[:, None] * sxhw + c[None, :] * sxc, mask=msk, other=0.0).to(tl.float32)
-        v = bn_relu_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_RELU)
+        v = bn_act_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, PRE_AFFINE, PRE_ACT)
         if HAS_W:
             v = v * tl.load(wbase + p[:, None] * swhw + c[None, :] * swc, mask=msk, other=0.0).to(tl.float32)
         acc += tl.sum(tl.where(msk, v, 0.0), axis=0)
@@ -88,7 +89,7 @@ def se_fc_fwd_kernel(
             s = s0 + tl.arange(0, BLOCK_S)
             s_ok = s < S
             h = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-            h = relu(h)
+            h = apply_act(h, ACT_RELU)  # the SE hidden activation is ReLU by definition
             w = tl.load(w2_ptr + c[None, :] * S + s[:, None], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
             acc = tl.dot(h, w.to(tl.float32), acc, input_precision="ieee")
         if HAS_B2:
@@ -128,7 +129,7 @@ def se_fc_bwd_kernel(
             w = tl.load(w2_ptr + c[:, None] * S + s[None, :], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
             acc = tl.dot(d2, w.to(tl.float32), acc, input_precision="ieee")
         s1 = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-        tl.store(ds1_ptr + rows[:, None] * S + s[None, :], relu_grad(acc, s1),
+        tl.store(ds1_ptr + rows[:, None] * S + s[None, :], act_grad(acc, s1, ACT_RELU),
                  mask=r_ok[:, None] & s_ok[None, :])
     tl.debug_barrier()
     for c0 in range(0, C, BLOCK_C):
@@ -188,7 +189,7 @@ def se_dx_kernel(
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
-def _channel_sum(x: torch.Tensor, w, factor: float, pre_affine, pre_relu: bool, label: str) -> torch.Tensor:
+def _channel_sum(x: torch.Tensor, w, factor: float, pre_affine, pre_act: Act, label: str) -> torch.Tensor:
     N, C, H, W = x.shape
     x = collapsible(x, x)
     w = collapsible(w, x) if w is not None else None
@@ -199,15 +200,15 @@ def _channel_sum(x: torch.Tensor, w, factor: float, pre_affine, pre_relu: bool, 
     launch(se_channel_sum_kernel, (N, triton.cdiv(C, BC)), x.device, label)(
         x, w if w is not None else x, out, *aff, C, H * W, *pixel_strides(x),
         *(pixel_strides(w) if w is not None else (0, 0, 0)), factor,
-        HAS_W=w is not None, PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, BLOCK_HW=BHW, BLOCK_C=BC,
+        HAS_W=w is not None, PRE_AFFINE=pre_affine is not None, PRE_ACT=int(pre_act), BLOCK_HW=BHW, BLOCK_C=BC,
         num_warps=nw, num_stages=ns,
     )
     return out
 
 
-def se_pool(x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
-    """``(N, C)`` fp32 spatial mean of ``x`` (of ``relu(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
-    return _channel_sum(x, None, 1.0 / (x.shape[2] * x.shape[3]), pre_affine, pre_relu, "se_pool_kernel")
+def se_pool(x: torch.Tensor, pre_affine=None, pre_act: Act = Act.NONE) -> torch.Tensor:
+    """``(N, C)`` fp32 spatial mean of ``x`` (of ``pre_act(BN(x))`` with ``pre_affine=(mean, scale, bias)``)."""
+    return _channel_sum(x, None, 1.0 / (x.shape[2] * x.shape[3]), pre_affine, pre_act, "se_pool_kernel")
 
 
 def _flat(w: torch.Tensor) -> torch.Tensor:
@@ -263,9 +264,9 @@ def se_scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def se_dgate(dout: torch.Tensor, x: torch.Tensor, pre_affine=None, pre_relu: bool = False) -> torch.Tensor:
+def se_dgate(dout: torch.Tensor, x: torch.Tensor, pre_affine=None, pre_act: Act = Act.NONE) -> torch.Tensor:
     """``(N, C)`` fp32 ``sum_hw dout * x_eff``: the gradient reaching the SE gate."""
-    return _channel_sum(x, dout, 1.0, pre_affine, pre_relu, "se_dgate_kernel")
+    return _channel_sum(x, dout, 1.0, pre_affine, pre_act, "se_dgate_kernel")
 
 
 def se_dx(dout: torch.Tensor, gate: torch.Tensor, dpooled: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.triton import bn as _bn
 from regnet_kernels.kernels.triton import block as _blk
 from regnet_kernels.kernels.triton import conv as _conv
@@ -40,13 +41,13 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
     pad_b = wb.shape[-1] // 2
     shift = _conv.input_shift(x)
     ya, st_a, bn_a = _conv_bn(x, wa, ga, ba, 1, 0, 1, eps[0], pre_affine=shift)
-    yb, st_b, bn_b = _conv_bn(ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_relu=True)
+    yb, st_b, bn_b = _conv_bn(ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_act=Act.RELU)
     # distinct empties: op outputs may not alias each other
     pooled, gate = x.new_empty((0,), dtype=torch.float32), x.new_empty((0,), dtype=torch.float32)
     if w1 is not None:
-        pooled = _se.se_pool(yb, pre_affine=bn_b[:3], pre_relu=True)
+        pooled = _se.se_pool(yb, pre_affine=bn_b[:3], pre_act=Act.RELU)
         gate = _se.se_fc(pooled, w1, b1, w2, b2)
-    yc, st_c, bn_c = _conv_bn(yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_relu=True,
+    yc, st_c, bn_c = _conv_bn(yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_act=Act.RELU,
                               gate=gate if w1 is not None else None)
     triples, offsets = [st_a, st_b, st_c], [_conv.shift_offset(wa, shift)]
     yp = bn_p = None
@@ -88,29 +89,29 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, o
 
     # conv c: its input is relu(BN_b(yb)) * gate, recomputed in the weight-gradient prologue
     dh = _conv.conv2d_dgrad(dyc, wc, yb.shape, 1, 0, 1, like=yb)
-    g["wc"] = _conv.conv2d_wgrad(yb, dyc, wc.shape, 1, 0, 1, pre_affine=bn_b[:3], pre_relu=True,
+    g["wc"] = _conv.conv2d_wgrad(yb, dyc, wc.shape, 1, 0, 1, pre_affine=bn_b[:3], pre_act=Act.RELU,
                                  gate=gate if has_se else None)
     dpooled = None
     if has_se:
-        dgate = _se.se_dgate(dh, yb, pre_affine=bn_b[:3], pre_relu=True)
+        dgate = _se.se_dgate(dh, yb, pre_affine=bn_b[:3], pre_act=Act.RELU)
         dpooled, g["w1"], g["b1"], g["w2"], g["b2"] = _se.se_fc_backward(
             pooled, gate, dgate, w1, b1, w2, b1 is not None, b2 is not None)
 
     # BN_b + ReLU backward, with the SE scale and pool gradients folded into the incoming gradient
     se_kw = {"gate": gate, "dpooled": dpooled} if has_se else {}
     mb, kb, cb, ib = bn_b
-    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(dh, yb, train=True, relu=True, mean=mb, invstd=ib, scale=kb, bias=cb, **se_kw)
+    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(dh, yb, train=True, act=Act.RELU, mean=mb, invstd=ib, scale=kb, bias=cb, **se_kw)
     g["gb"], g["bb"] = s_dzx, s_dz
-    dyb = _bn.bn_bwd_dy(dh, yb, mb, ib, kb, cb, s_dz, s_dzx, True, yb.numel() // yb.shape[1], **se_kw)
+    dyb = _bn.bn_bwd_dy(dh, yb, mb, ib, kb, cb, s_dz, s_dzx, Act.RELU, yb.numel() // yb.shape[1], **se_kw)
 
     # conv b (grouped, strided): input relu(BN_a(ya)) recomputed in the prologue
     d_act_a = _conv.conv2d_dgrad(dyb, wb, ya.shape, stride, pad_b, groups, like=ya)
-    g["wb"] = _conv.conv2d_wgrad(ya, dyb, wb.shape, stride, pad_b, groups, pre_affine=bn_a[:3], pre_relu=True)
+    g["wb"] = _conv.conv2d_wgrad(ya, dyb, wb.shape, stride, pad_b, groups, pre_affine=bn_a[:3], pre_act=Act.RELU)
 
     ma, ka, ca, ia = bn_a
-    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(d_act_a, ya, train=True, relu=True, mean=ma, invstd=ia, scale=ka, bias=ca)
+    s_dz, s_dzx, _ = _bn.bn_bwd_reduce(d_act_a, ya, train=True, act=Act.RELU, mean=ma, invstd=ia, scale=ka, bias=ca)
     g["ga"], g["ba"] = s_dzx, s_dz
-    dya = _bn.bn_bwd_dy(d_act_a, ya, ma, ia, ka, ca, s_dz, s_dzx, True, ya.numel() // ya.shape[1])
+    dya = _bn.bn_bwd_dy(d_act_a, ya, ma, ia, ka, ca, s_dz, s_dzx, Act.RELU, ya.numel() // ya.shape[1])
 
     # shortcut, then conv a's input gradient with the shortcut's added in its epilogue
     if has_proj:
@@ -136,9 +137,9 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, o
 def block_eval(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc,
                wp, gp, bp, rmp, rvp, stride: int, groups: int, eps):
     pad_b = wb.shape[-1] // 2
-    act_a = _conv.conv2d_fwd(x, wa, 1, 0, 1, post_bn=(rma, rva, ga, ba, eps[0]), post_relu=True)[0]
+    act_a = _conv.conv2d_fwd(x, wa, 1, 0, 1, post_bn=(rma, rva, ga, ba, eps[0]), act=Act.RELU)[0]
     act_b = _conv.conv2d_fwd(act_a, wb, stride, pad_b, groups, post_bn=(rmb, rvb, gb, bb, eps[1]),
-                             post_relu=True)[0]
+                             act=Act.RELU)[0]
     gate = None
     if w1 is not None:
         gate = _se.se_fc(_se.se_pool(act_b), w1, b1, w2, b2)
@@ -147,4 +148,4 @@ def block_eval(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc
     else:
         short = x
     return _conv.conv2d_fwd(act_b, wc, 1, 0, 1, gate=gate, post_bn=(rmc, rvc, gc, bc, eps[2]),
-                            residual=short, post_relu=True)[0]
+                            residual=short, act=Act.RELU)[0]

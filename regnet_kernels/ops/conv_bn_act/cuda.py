@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.cuda import ext as _ext
 from regnet_kernels import distributed as _dist
 from regnet_kernels.ops.conv_bn_act import reference as _ref
@@ -72,7 +73,7 @@ def _conv(lib, code: int, x, weight, geo, out, stream: int, *, stats=None, post=
     post_mean, post_scale, post_bias = post if post is not None else (None, None, None)
     lib.conv_fwd(code, x.data_ptr(), *x.stride(), weight.data_ptr(), *weight.stride(), out.data_ptr(), *out.stride(),
                  *geo, _ext.ptr(part_mean), _ext.ptr(part_m2), _ext.ptr(post_mean), _ext.ptr(post_scale),
-                 _ext.ptr(post_bias), bool(relu), stream)
+                 _ext.ptr(post_bias), Act.from_relu(relu), stream)
 
 
 def _dgrad(lib, code: int, dy, weight, geo, like, stream: int) -> torch.Tensor:
@@ -148,7 +149,7 @@ def conv_bn_act_train(x, weight, gamma, beta, stride: int, padding: int, groups:
             invstd = torch.rsqrt(var + eps)
             scale = (invstd if g32 is None else g32 * invstd).contiguous()
         lib.bn_act(code, y.data_ptr(), out.data_ptr(), mean.data_ptr(), scale.data_ptr(), bias.data_ptr(), y.numel(),
-                   C, cs, bool(relu), stream)
+                   C, cs, Act.from_relu(relu), stream)
     return out, y, mean, invstd, var_unb
 
 
@@ -163,7 +164,7 @@ def _bn_bwd_sums(lib, code, go, src, fmt, stream, *, train: bool, relu: bool, st
     mean, invstd, scale, bias = stats if stats is not None else (None,) * 4
     lib.bn_bwd_reduce(code, go.data_ptr(), src.data_ptr(), _ext.ptr(dz), _ext.ptr(mean), _ext.ptr(invstd),
                       _ext.ptr(scale), _ext.ptr(bias), part[0].data_ptr(), part[1].data_ptr() if train else 0, M, C,
-                      HW, cs, ps, bool(train), bool(relu), stream)
+                      HW, cs, ps, bool(train), Act.from_relu(relu), stream)
     sum_dz = torch.empty(C, dtype=torch.float32, device=src.device)
     sum_dzx = torch.empty(C, dtype=torch.float32, device=src.device) if train else None
     lib.sum_rows(part[0].data_ptr(), sum_dz.data_ptr(), part[1].data_ptr() if train else 0, _ext.ptr(sum_dzx), tiles,
@@ -202,7 +203,7 @@ def conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta
             cs, _ = _ext.pixel_layout(fmt, C, geo[5] * geo[6])
             lib.bn_bwd_dy(code, go.data_ptr(), y.data_ptr(), dy.data_ptr(), mean32.data_ptr(), invstd32.data_ptr(),
                           scale.data_ptr(), bias.data_ptr(), s_dz.data_ptr(), s_dzx.data_ptr(), inv_count,
-                          y.numel(), C, cs, bool(relu), stream)
+                          y.numel(), C, cs, Act.from_relu(relu), stream)
             if output_mask[0]:
                 dx = _dgrad(lib, code, dy, weight, geo, x, stream)
             if output_mask[1]:

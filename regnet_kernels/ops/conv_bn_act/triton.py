@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import torch
 
 from regnet_kernels import distributed as _dist
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.triton import bn as _bn
 from regnet_kernels.kernels.triton import conv as _conv
 
@@ -25,7 +26,7 @@ def conv_bn_act_train(x, weight, gamma, beta, stride: int, padding: int, groups:
         mean, var, var_unb, _ = _dist.sync_batch_stats(count, mean, _dist.local_m2(var_unb, count), group)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if gamma is None else gamma.float() * invstd
-    out = _bn.bn_act(y, (mean, scale, bias), relu)
+    out = _bn.bn_act(y, (mean, scale, bias), Act.from_relu(relu))
     return out, y, mean, invstd, var_unb
 
 
@@ -33,7 +34,7 @@ def conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta
                                groups: int, relu: bool, output_mask: Sequence[bool], group=None):
     scale = invstd if gamma is None else gamma.float() * invstd
     bias = torch.zeros_like(mean) if beta is None else beta.float()
-    sum_dz, sum_dzx, _ = _bn.bn_bwd_reduce(grad_out, y, train=True, relu=relu, mean=mean, invstd=invstd,
+    sum_dz, sum_dzx, _ = _bn.bn_bwd_reduce(grad_out, y, train=True, act=Act.from_relu(relu), mean=mean, invstd=invstd,
                                             scale=scale, bias=bias)
     count = y.numel() // y.shape[1]
     s_dz, s_dzx = sum_dz, sum_dzx
@@ -44,7 +45,7 @@ def conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta
         s_dz, s_dzx, count = g_dz / n, g_dzx / n, 1
     dx = dw = None
     if output_mask[0] or output_mask[1]:
-        dy = _bn.bn_bwd_dy(grad_out.to(y.dtype), y, mean, invstd, scale, bias, s_dz, s_dzx, relu, count)
+        dy = _bn.bn_bwd_dy(grad_out.to(y.dtype), y, mean, invstd, scale, bias, s_dz, s_dzx, Act.from_relu(relu), count)
         if output_mask[0]:
             dx = _conv.conv2d_dgrad(dy, weight, x.shape, stride, padding, groups, like=x)
         if output_mask[1]:
@@ -65,14 +66,14 @@ def _eval_affine(gamma, beta, running_mean, running_var, eps):
 def conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride: int, padding: int, groups: int,
                      eps: float, relu: bool):
     out, _, _, _ = _conv.conv2d_fwd(x, weight, stride, padding, groups,
-                                    post_bn=(running_mean, running_var, gamma, beta, eps), post_relu=relu)
+                                    post_bn=(running_mean, running_var, gamma, beta, eps), act=Act.from_relu(relu))
     return out
 
 
 def conv_bn_act_eval_backward(grad_out, x, weight, out, gamma, beta, running_mean, running_var, stride: int,
                               padding: int, groups: int, eps: float, relu: bool, output_mask: Sequence[bool]):
     invstd, (_, scale, _) = _eval_affine(gamma, beta, running_mean, running_var, eps)
-    sum_dz, _, dz = _bn.bn_bwd_reduce(grad_out.to(out.dtype), out, train=False, relu=relu, write_dz=True)
+    sum_dz, _, dz = _bn.bn_bwd_reduce(grad_out.to(out.dtype), out, train=False, act=Act.from_relu(relu), write_dz=True)
     dx = dw = dgamma = dbeta = None
     if output_mask[0]:
         w_scaled = (weight.float() * scale[:, None, None, None]).to(weight.dtype)

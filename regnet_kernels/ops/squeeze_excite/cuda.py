@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.cuda import ext as _ext
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
@@ -96,13 +97,13 @@ def squeeze_excite_backward(grad_out, x, w1, b1, w2, b2, pooled, gate, output_ma
             lib.se_dx(code, go.data_ptr(), gate32.data_ptr(), dpooled.data_ptr(), dx.data_ptr(), dx.numel(), C, cs,
                       C * HW, 1.0 / HW, stream)
         if dw1 is not None:  # dw1 = ds1^T @ pooled
-            lib.se_outer(ds1.data_ptr(), pooled32.data_ptr(), dw1.data_ptr(), N, S, C, False, stream)
+            lib.se_outer(ds1.data_ptr(), pooled32.data_ptr(), dw1.data_ptr(), N, S, C, Act.NONE, stream)
         if db1 is not None:
-            lib.se_outer(ds1.data_ptr(), 0, db1.data_ptr(), N, S, 1, False, stream)
+            lib.se_outer(ds1.data_ptr(), 0, db1.data_ptr(), N, S, 1, Act.NONE, stream)
         if dw2 is not None:  # dw2 = ds2^T @ relu(s1)
-            lib.se_outer(ds2.data_ptr(), s1.data_ptr(), dw2.data_ptr(), N, C, S, True, stream)
+            lib.se_outer(ds2.data_ptr(), s1.data_ptr(), dw2.data_ptr(), N, C, S, Act.RELU, stream)
         if db2 is not None:
-            lib.se_outer(ds2.data_ptr(), 0, db2.data_ptr(), N, C, 1, False, stream)
+            lib.se_outer(ds2.data_ptr(), 0, db2.data_ptr(), N, C, 1, Act.NONE, stream)
     dw1 = dw1.reshape(w1.shape).to(w1.dtype) if dw1 is not None else None
     db1 = db1.to(b1.dtype) if db1 is not None else None
     dw2 = dw2.reshape(w2.shape).to(w2.dtype) if dw2 is not None else None
