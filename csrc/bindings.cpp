@@ -81,7 +81,8 @@ PYBIND11_MODULE(REGNET_MODULE_NAME, m) {
   m.def("build_info", &build_info, "Build facts: archs (SASS), ptx, cuda_version, compiler, emulated.");
   m.def("config", &config, "Tile and launch constants (csrc/kernels/config.cuh).");
 
-  // Launches are asynchronous and short: release the GIL around them.
+  // One registration per launcher (a table of distinct functions, not repeated logic). Launches are
+  // asynchronous and short: release the GIL around them.
   using rel = py::call_guard<py::gil_scoped_release>;
   m.def("conv_fwd", &regnet::conv_fwd, rel(), "Fused conv forward (see csrc/launchers.h).");
   m.def("conv_dgrad", &regnet::conv_dgrad, rel(), "Conv data gradient.");

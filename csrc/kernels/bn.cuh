@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(RED_THREADS) bn_bwd_reduce_kernel(
     const float v = to_f32(src[off]);
     if (train) {
       const float mu = mean[c];
-      if (act != ACT_NONE) g = act_grad(g, (v - mu) * scale[c] + bias[c], act);
+      g = act_grad(g, (v - mu) * scale[c] + bias[c], act);
       b += g * ((v - mu) * invstd[c]);
     } else {
       g = act_grad(g, v, act);
@@ -247,7 +247,7 @@ __global__ void bn_bwd_dy_kernel(const T* __restrict__ dout, const T* __restrict
     float g = to_f32(dout[i]);
     const float v = to_f32(y[i]);
     const float mu = mean[c], s = scale[c];
-    if (act != ACT_NONE) g = act_grad(g, (v - mu) * s + bias[c], act);
+    g = act_grad(g, (v - mu) * s + bias[c], act);
     const float xhat = (v - mu) * invstd[c];
     dy[i] = from_f32<T>(s * (g - sum_dz[c] * inv_count - xhat * (sum_dzx[c] * inv_count)));
   }

@@ -66,3 +66,29 @@ def bn_act_tile(v, c, c_ok, mean_ptr, scale_ptr, bias_ptr, AFFINE: tl.constexpr,
 def bn_vec(ptr, c, c_ok):
     """A per-channel fp32 vector at channels ``c`` as a (1 x channels) row (0 where ``c`` is out of range)."""
     return tl.load(ptr + c, mask=c_ok, other=0.0)[None, :]
+
+
+@triton.jit
+def pixel_tile(pid_m, pid_c, M, C, HW, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Tile ``(pid_m, pid_c)`` of a (pixels m = n*HW + hw) x (channels) view: ``(c, c_ok, mask, n, hw)`` with
+    ``n`` int64 (offsets of large tensors)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = (offs_m < M)[:, None] & c_ok[None, :]
+    n = (offs_m // HW).to(tl.int64)
+    hw = offs_m % HW
+    return c, c_ok, mask, n, hw
+
+
+@triton.jit
+def load_tile(ptr, n, hw, c, sn, shw, sc, mask):
+    """The fp32 values of a :func:`pixel_tile` of a tensor with strides ``(sn, shw, sc)`` (0 where masked)."""
+    return tl.load(ptr + (n * sn + hw * shw)[:, None] + c[None, :] * sc, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, n, hw, c, sn, shw, sc, v, mask):
+    """Store the fp32 tile ``v`` at a :func:`pixel_tile` of a tensor with strides ``(sn, shw, sc)``, rounded to
+    its dtype (:func:`cast_to`)."""
+    tl.store(ptr + (n * sn + hw * shw)[:, None] + c[None, :] * sc, cast_to(v, ptr.dtype.element_ty), mask=mask)

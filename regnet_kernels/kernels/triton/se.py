@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from regnet_kernels.kernels.activation import Act
-from regnet_kernels.kernels.triton.common import ACT_RELU, act_grad, apply_act, bn_act_tile, cast_to
+from regnet_kernels.kernels.triton.common import (ACT_NONE, ACT_RELU, act_grad, apply_act, bn_act_tile, load_tile,
+                                                  pixel_tile, store_tile)
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
@@ -48,19 +49,29 @@ def se_channel_sum_kernel(
 
 
 @triton.jit
+def _rows_matmul(in_ptr, K, w_ptr, sk, so, o, o_ok, rows, r_ok,
+                 IN_ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    # (BLOCK_N x BLOCK_O) fp32 tile of act(in[rows, :K]) @ W with W[k, o] at w_ptr + k * sk + o * so and in
+    # row-major (N, K): the SE FCs and their backward (IEEE dots)
+    acc = tl.zeros((BLOCK_N, BLOCK_O), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        a = tl.load(in_ptr + rows[:, None] * K + k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        a = apply_act(a, IN_ACT)
+        w = tl.load(w_ptr + k[:, None] * sk + o[None, :] * so, mask=k_ok[:, None] & o_ok[None, :], other=0.0)
+        acc = tl.dot(a, w.to(tl.float32), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S,
                     HAS_B1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     # s1[rows, :] = pooled[rows, :] @ w1^T + b1, fp32 (IEEE dots), into the (N, S) scratch
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         s_ok = s < S
-        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_ok = c < C
-            p = tl.load(pooled_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w1_ptr + s[None, :] * C + c[:, None], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
-            acc = tl.dot(p, w.to(tl.float32), acc, input_precision="ieee")
+        acc = _rows_matmul(pooled_ptr, C, w1_ptr, 1, C, s, s_ok, rows, r_ok, ACT_NONE, BLOCK_N, BLOCK_S, BLOCK_C)
         if HAS_B1:
             acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
@@ -84,14 +95,8 @@ def se_fc_fwd_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
-        acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
-        for s0 in range(0, S, BLOCK_S):
-            s = s0 + tl.arange(0, BLOCK_S)
-            s_ok = s < S
-            h = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-            h = apply_act(h, ACT_RELU)  # the SE hidden activation is ReLU by definition
-            w = tl.load(w2_ptr + c[None, :] * S + s[:, None], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
-            acc = tl.dot(h, w.to(tl.float32), acc, input_precision="ieee")
+        # the SE hidden activation is ReLU by definition
+        acc = _rows_matmul(s1_ptr, S, w2_ptr, 1, S, c, c_ok, rows, r_ok, ACT_RELU, BLOCK_N, BLOCK_C, BLOCK_S)
         if HAS_B2:
             acc += tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         gate = 1.0 / (1.0 + tl.exp(-acc))
@@ -121,13 +126,7 @@ def se_fc_bwd_kernel(
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         s_ok = s < S
-        acc = tl.zeros((BLOCK_N, BLOCK_S), tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_ok = c < C
-            d2 = tl.load(ds2_ptr + rows[:, None] * C + c[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w2_ptr + c[:, None] * S + s[None, :], mask=c_ok[:, None] & s_ok[None, :], other=0.0)
-            acc = tl.dot(d2, w.to(tl.float32), acc, input_precision="ieee")
+        acc = _rows_matmul(ds2_ptr, C, w2_ptr, S, 1, s, s_ok, rows, r_ok, ACT_NONE, BLOCK_N, BLOCK_S, BLOCK_C)
         s1 = tl.load(s1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
         tl.store(ds1_ptr + rows[:, None] * S + s[None, :], act_grad(acc, s1, ACT_RELU),
                  mask=r_ok[:, None] & s_ok[None, :])
@@ -135,13 +134,7 @@ def se_fc_bwd_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
-        acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
-        for s0 in range(0, S, BLOCK_S):
-            s = s0 + tl.arange(0, BLOCK_S)
-            s_ok = s < S
-            d1 = tl.load(ds1_ptr + rows[:, None] * S + s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0)
-            w = tl.load(w1_ptr + s[:, None] * C + c[None, :], mask=s_ok[:, None] & c_ok[None, :], other=0.0)
-            acc = tl.dot(d1, w.to(tl.float32), acc, input_precision="ieee")
+        acc = _rows_matmul(ds1_ptr, S, w1_ptr, C, 1, c, c_ok, rows, r_ok, ACT_NONE, BLOCK_N, BLOCK_C, BLOCK_S)
         tl.store(dpooled_ptr + rows[:, None] * C + c[None, :], acc, mask=r_ok[:, None] & c_ok[None, :])
 
 
@@ -151,17 +144,10 @@ def se_scale_kernel(
     sxn, sxc, sxhw, son, soc, sohw,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    msk = (m < M)[:, None] & (c < C)[None, :]
-    n = (m // HW).to(tl.int64)
-    hw = m % HW
-    v = tl.load(x_ptr + (n * sxn + hw * sxhw)[:, None] + c[None, :] * sxc, mask=msk, other=0.0)
+    c, _, msk, n, hw = pixel_tile(tl.program_id(0), tl.program_id(1), M, C, HW, BLOCK_M, BLOCK_C)
+    v = load_tile(x_ptr, n, hw, c, sxn, sxhw, sxc, msk)
     g = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
-    tl.store(out_ptr + (n * son + hw * sohw)[:, None] + c[None, :] * soc,
-             cast_to(v.to(tl.float32) * g, out_ptr.dtype.element_ty), mask=msk)
+    store_tile(out_ptr, n, hw, c, son, sohw, soc, v * g, msk)
 
 
 @triton.jit
@@ -171,19 +157,11 @@ def se_dx_kernel(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dx = dout * gate[n, c] + dpooled[n, c] / HW
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    msk = (m < M)[:, None] & (c < C)[None, :]
-    n = (m // HW).to(tl.int64)
-    hw = m % HW
-    g = tl.load(dout_ptr + (n * sgn + hw * sghw)[:, None] + c[None, :] * sgc, mask=msk, other=0.0)
+    c, _, msk, n, hw = pixel_tile(tl.program_id(0), tl.program_id(1), M, C, HW, BLOCK_M, BLOCK_C)
+    g = load_tile(dout_ptr, n, hw, c, sgn, sghw, sgc, msk)
     gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
     dp = tl.load(dpooled_ptr + n[:, None] * C + c[None, :], mask=msk, other=0.0)
-    dx = g.to(tl.float32) * gate + dp * inv_hw
-    tl.store(dx_ptr + (n * sdn + hw * sdhw)[:, None] + c[None, :] * sdc, cast_to(dx, dx_ptr.dtype.element_ty),
-             mask=msk)
+    store_tile(dx_ptr, n, hw, c, sdn, sdhw, sdc, g * gate + dp * inv_hw, msk)
 
 
 # ------------------------------------------------------------------------------------------------
