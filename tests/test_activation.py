@@ -56,3 +56,14 @@ def test_triton_apply_act_is_torch_relu_bit_for_bit():
     for act, ref in ((Act.RELU, torch.relu(z)), (Act.NONE, z)):
         out = _bn.bn_act(y, (zeros, ones, zeros), act)
         assert torch.equal(out.view(torch.int32), ref.view(torch.int32)), (act, out.flatten(), ref.flatten())
+
+
+def test_launchers_refuse_unknown_activation_codes():
+    try:
+        ext = importlib.import_module("regnet_kernels._C")
+    except ImportError as e:
+        pytest.skip(f"regnet_kernels._C not built: {e}")
+    with pytest.raises(ValueError, match=r"bn_act: activation code 7"):
+        ext.bn_act(0, 1, 2, 3, 4, 5, 8, 8, 1, 7, 0)
+    with pytest.raises(ValueError, match=r"se_outer: activation code -1"):
+        ext.se_outer(1, 2, 3, 4, 4, 4, -1, 0)
