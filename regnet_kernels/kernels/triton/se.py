@@ -65,16 +65,25 @@ def _rows_matmul(in_ptr, K, w_ptr, sk, so, o, o_ok, rows, r_ok,
 
 
 @triton.jit
+def _fc_layer(in_ptr, K, w_ptr, b_ptr, out_ptr, O, rows, r_ok, IN_ACT: tl.constexpr, HAS_B: tl.constexpr,
+              SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    # out[rows, :] = f(act(in[rows, :]) @ w^T + b) with w (O, K), f = sigmoid or identity, fp32 (IEEE dots)
+    for o0 in range(0, O, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        o_ok = o < O
+        acc = _rows_matmul(in_ptr, K, w_ptr, 1, K, o, o_ok, rows, r_ok, IN_ACT, BLOCK_N, BLOCK_O, BLOCK_K)
+        if HAS_B:
+            acc += tl.load(b_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
+        if SIGMOID:
+            acc = 1.0 / (1.0 + tl.exp(-acc))
+        tl.store(out_ptr + rows[:, None] * O + o[None, :], acc, mask=r_ok[:, None] & o_ok[None, :])
+
+
+@triton.jit
 def _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S,
                     HAS_B1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    # s1[rows, :] = pooled[rows, :] @ w1^T + b1, fp32 (IEEE dots), into the (N, S) scratch
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s < S
-        acc = _rows_matmul(pooled_ptr, C, w1_ptr, 1, C, s, s_ok, rows, r_ok, ACT_NONE, BLOCK_N, BLOCK_S, BLOCK_C)
-        if HAS_B1:
-            acc += tl.load(b1_ptr + s, mask=s_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(s1_ptr + rows[:, None] * S + s[None, :], acc, mask=r_ok[:, None] & s_ok[None, :])
+    # s1[rows, :] = pooled[rows, :] @ w1^T + b1 into the (N, S) scratch: the forward and backward's recompute
+    _fc_layer(pooled_ptr, C, w1_ptr, b1_ptr, s1_ptr, S, rows, r_ok, ACT_NONE, HAS_B1, False, BLOCK_N, BLOCK_S, BLOCK_C)
 
 
 @triton.jit
@@ -86,21 +95,13 @@ def se_fc_fwd_kernel(
 ):
     # Both FCs for BLOCK_N samples in one program: s1 = pooled @ w1^T + b1 goes to a small fp32 scratch
     # (also what backward recomputes the ReLU mask from), a barrier, then
-    # gate = sigmoid(relu(s1) @ w2^T + b2). fp32 throughout (IEEE dots).
+    # gate = sigmoid(relu(s1) @ w2^T + b2) (the SE hidden activation is ReLU by definition). fp32 throughout.
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = rows < N
     _fc1_to_scratch(pooled_ptr, w1_ptr, b1_ptr, s1_ptr, rows, r_ok, C, S, HAS_B1, BLOCK_N, BLOCK_S, BLOCK_C)
     tl.debug_barrier()
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = c < C
-        # the SE hidden activation is ReLU by definition
-        acc = _rows_matmul(s1_ptr, S, w2_ptr, 1, S, c, c_ok, rows, r_ok, ACT_RELU, BLOCK_N, BLOCK_C, BLOCK_S)
-        if HAS_B2:
-            acc += tl.load(b2_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        gate = 1.0 / (1.0 + tl.exp(-acc))
-        tl.store(gate_ptr + rows[:, None] * C + c[None, :], gate, mask=r_ok[:, None] & c_ok[None, :])
+    _fc_layer(s1_ptr, S, w2_ptr, b2_ptr, gate_ptr, C, rows, r_ok, ACT_RELU, HAS_B2, True, BLOCK_N, BLOCK_C, BLOCK_S)
 
 
 @triton.jit
