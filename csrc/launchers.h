@@ -20,8 +20,8 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/config.cuh"
 
