@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <utility>
 
 #include "kernels/config.cuh"
 #include "launchers.h"
@@ -59,19 +60,17 @@ py::dict build_info() {
 }
 
 py::dict config() {
+  // every #define REGNET_<NAME> <int> of config.cuh, as {NAME: int} (what ext.read_config parses)
+#define REGNET_CONFIG_ENTRY(name) {#name, REGNET_##name}
+  const std::pair<const char*, int> entries[] = {
+      REGNET_CONFIG_ENTRY(GEMM_BM), REGNET_CONFIG_ENTRY(GEMM_BN), REGNET_CONFIG_ENTRY(GEMM_BK),
+      REGNET_CONFIG_ENTRY(GEMM_THREADS), REGNET_CONFIG_ENTRY(RED_PIX), REGNET_CONFIG_ENTRY(RED_CH),
+      REGNET_CONFIG_ENTRY(RED_THREADS), REGNET_CONFIG_ENTRY(ROW_LANES), REGNET_CONFIG_ENTRY(EW_THREADS),
+      REGNET_CONFIG_ENTRY(EW_PER_THREAD), REGNET_CONFIG_ENTRY(ACT_NONE), REGNET_CONFIG_ENTRY(ACT_RELU),
+      REGNET_CONFIG_ENTRY(SE_NB), REGNET_CONFIG_ENTRY(SE_THREADS)};
+#undef REGNET_CONFIG_ENTRY
   py::dict d;
-  d["GEMM_BM"] = REGNET_GEMM_BM;
-  d["GEMM_BN"] = REGNET_GEMM_BN;
-  d["GEMM_BK"] = REGNET_GEMM_BK;
-  d["GEMM_THREADS"] = REGNET_GEMM_THREADS;
-  d["RED_PIX"] = REGNET_RED_PIX;
-  d["RED_CH"] = REGNET_RED_CH;
-  d["RED_THREADS"] = REGNET_RED_THREADS;
-  d["ROW_LANES"] = REGNET_ROW_LANES;
-  d["EW_THREADS"] = REGNET_EW_THREADS;
-  d["EW_PER_THREAD"] = REGNET_EW_PER_THREAD;
-  d["SE_NB"] = REGNET_SE_NB;
-  d["SE_THREADS"] = REGNET_SE_THREADS;
+  for (const auto& e : entries) d[e.first] = e.second;
   return d;
 }
 
@@ -82,7 +81,8 @@ PYBIND11_MODULE(REGNET_MODULE_NAME, m) {
   m.def("build_info", &build_info, "Build facts: archs (SASS), ptx, cuda_version, compiler, emulated.");
   m.def("config", &config, "Tile and launch constants (csrc/kernels/config.cuh).");
 
-  // Launches are asynchronous and short: release the GIL around them.
+  // One registration per launcher (a table of distinct functions, not repeated logic). Launches are
+  // asynchronous and short: release the GIL around them.
   using rel = py::call_guard<py::gil_scoped_release>;
   m.def("conv_fwd", &regnet::conv_fwd, rel(), "Fused conv forward (see csrc/launchers.h).");
   m.def("conv_dgrad", &regnet::conv_dgrad, rel(), "Conv data gradient.");
@@ -93,12 +93,12 @@ PYBIND11_MODULE(REGNET_MODULE_NAME, m) {
   m.def("sum_rows", &regnet::sum_rows, rel(), "Column sums of partial rows (fixed order).");
   m.def("bn_running_update", &regnet::bn_running_update, rel(), "In-place running-statistics update.");
   m.def("bn_act", &regnet::bn_act, rel(), "act((y - mean) * scale + bias).");
-  m.def("bn_bwd_reduce", &regnet::bn_bwd_reduce, rel(), "dReLU + BatchNorm backward partial sums.");
+  m.def("bn_bwd_reduce", &regnet::bn_bwd_reduce, rel(), "Activation gradient + BatchNorm backward partial sums.");
   m.def("bn_bwd_dy", &regnet::bn_bwd_dy, rel(), "Gradient of the pre-BN conv output.");
   m.def("se_reduce", &regnet::se_reduce, rel(), "Per-(sample, channel) spatial sum (pool / gate gradient).");
   m.def("se_fc_fwd", &regnet::se_fc_fwd, rel(), "SE fc1 + ReLU + fc2 + sigmoid.");
   m.def("se_fc_bwd", &regnet::se_fc_bwd, rel(), "SE FC backward (ds2, s1, ds1, dpooled).");
-  m.def("se_outer", &regnet::se_outer, rel(), "out[i, j] = sum_n A[n, i] * f(B[n, j]).");
+  m.def("se_outer", &regnet::se_outer, rel(), "out[i, j] = sum_n A[n, i] * act(B[n, j]).");
   m.def("se_scale", &regnet::se_scale, rel(), "out = x * gate[n, c].");
   m.def("se_dx", &regnet::se_dx, rel(), "dx = dout * gate + dpooled / HW.");
 }

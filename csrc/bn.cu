@@ -6,14 +6,6 @@
 
 namespace regnet {
 
-namespace {
-void check_layout(const char* fn, i64 C, i64 HW, i64 cs, i64 ps) {
-  require(C >= 1 && HW >= 1, fn, "C and H*W must be positive");
-  require((cs == HW && ps == 1) || (cs == 1 && ps == C), fn,
-          "tensors must be dense NCHW (cs=H*W, ps=1) or channels_last (cs=1, ps=C)");
-}
-}  // namespace
-
 void bn_finalize(ptr_t part_mean, ptr_t part_m2, i64 T, i64 M, i64 rows_per_tile, i64 C, ptr_t gamma, ptr_t beta,
                  double eps, ptr_t mean, ptr_t invstd, ptr_t var_unb, ptr_t scale, ptr_t bias, ptr_t stream) {
   const char* fn = "bn_finalize";
@@ -22,14 +14,9 @@ void bn_finalize(ptr_t part_mean, ptr_t part_m2, i64 T, i64 M, i64 rows_per_tile
   for (ptr_t p : {mean, invstd, var_unb, scale, bias}) require_ptr(p, fn, "an output");
   require(C >= 1 && M >= 2 && rows_per_tile >= 1, fn, "need C >= 1 and more than one value per channel");
   require(T == (M + rows_per_tile - 1) / rows_per_tile, fn, "T must be cdiv(M, rows_per_tile)");
-  const dim3 grid((unsigned)((C + RED_CH - 1) / RED_CH));
   auto kern = bn_finalize_kernel;
-  REGNET_LAUNCH(kern, grid, dim3(RED_CH, ROW_LANES), 0, as_stream(stream), reinterpret_cast<const float*>(part_mean),
-                reinterpret_cast<const float*>(part_m2), T, M, rows_per_tile, C, reinterpret_cast<const float*>(gamma),
-                reinterpret_cast<const float*>(beta), (float)eps, reinterpret_cast<float*>(mean),
-                reinterpret_cast<float*>(invstd), reinterpret_cast<float*>(var_unb), reinterpret_cast<float*>(scale),
-                reinterpret_cast<float*>(bias));
-  check_launch(fn);
+  launch_kernel(fn, kern, dim3((unsigned)((C + RED_CH - 1) / RED_CH)), dim3(RED_CH, ROW_LANES), stream,
+                part_mean, part_m2, T, M, rows_per_tile, C, gamma, beta, eps, mean, invstd, var_unb, scale, bias);
 }
 
 void sum_rows(ptr_t part_a, ptr_t out_a, ptr_t part_b, ptr_t out_b, i64 T, i64 C, ptr_t stream) {
@@ -40,10 +27,7 @@ void sum_rows(ptr_t part_a, ptr_t out_a, ptr_t part_b, ptr_t out_b, i64 T, i64 C
   require(T >= 1 && C >= 1, fn, "sizes must be positive");
   const dim3 grid((unsigned)((C + RED_CH - 1) / RED_CH), part_b != 0 ? 2u : 1u);
   auto kern = sum_rows_kernel;
-  REGNET_LAUNCH(kern, grid, dim3(RED_CH, ROW_LANES), 0, as_stream(stream), reinterpret_cast<const float*>(part_a),
-                reinterpret_cast<float*>(out_a), reinterpret_cast<const float*>(part_b), reinterpret_cast<float*>(out_b),
-                T, C);
-  check_launch(fn);
+  launch_kernel(fn, kern, grid, dim3(RED_CH, ROW_LANES), stream, part_a, out_a, part_b, out_b, T, C);
 }
 
 void bn_running_update(ptr_t running_mean, ptr_t running_var, ptr_t num_batches_tracked, ptr_t mean, ptr_t var_unb,
@@ -57,36 +41,28 @@ void bn_running_update(ptr_t running_mean, ptr_t running_var, ptr_t num_batches_
   require(C >= 1, fn, "C must be positive");
   const int threads = 256;
   auto kern = bn_running_update_kernel;
-  REGNET_LAUNCH(kern, dim3((unsigned)((C + threads - 1) / threads)), dim3(threads), 0, as_stream(stream),
-                reinterpret_cast<float*>(running_mean), reinterpret_cast<float*>(running_var),
-                reinterpret_cast<const long long*>(num_batches_tracked), reinterpret_cast<const float*>(mean),
-                reinterpret_cast<const float*>(var_unb), C, (float)momentum, (long long)cumulative);
-  check_launch(fn);
+  launch_kernel(fn, kern, dim3((unsigned)((C + threads - 1) / threads)), dim3(threads), stream,
+                running_mean, running_var, num_batches_tracked, mean, var_unb, C, momentum, cumulative);
 }
 
-void bn_act(int dtype, ptr_t y, ptr_t out, ptr_t mean, ptr_t scale, ptr_t bias, i64 numel, i64 C, i64 cs, bool relu,
+void bn_act(int dtype, ptr_t y, ptr_t out, ptr_t mean, ptr_t scale, ptr_t bias, i64 numel, i64 C, i64 cs, int act,
             ptr_t stream) {
   const char* fn = "bn_act";
-  require_dtype(dtype, fn);
-  for (ptr_t p : {y, out, mean, scale, bias}) require_ptr(p, fn, "an argument");
-  require(C >= 1 && cs >= 1 && numel % C == 0, fn, "numel must be a multiple of C");
-  require_int32(numel, fn, "numel");
-  if (numel == 0) return;
+  require_act(act, fn);
+  if (!check_ew(fn, dtype, {y, out, mean, scale, bias}, numel, C, cs, C)) return;
   REGNET_DISPATCH(dtype, fn, {
     auto kern = bn_act_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, dim3(ew_blocks(numel)), dim3(REGNET_EW_THREADS), 0, as_stream(stream),
-                  reinterpret_cast<const scalar_t*>(y), reinterpret_cast<scalar_t*>(out),
-                  reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(scale),
-                  reinterpret_cast<const float*>(bias), numel, C, cs, (long long)relu);
+    launch_kernel(fn, kern, dim3(ew_blocks(numel)), dim3(REGNET_EW_THREADS), stream, y, out, mean, scale, bias, numel,
+                  C, cs, act);
   });
-  check_launch(fn);
 }
 
 void bn_bwd_reduce(int dtype, ptr_t dout, ptr_t src, ptr_t dz, ptr_t mean, ptr_t invstd, ptr_t scale, ptr_t bias,
-                   ptr_t part_dz, ptr_t part_dzx, i64 M, i64 C, i64 HW, i64 cs, i64 ps, bool train, bool relu,
+                   ptr_t part_dz, ptr_t part_dzx, i64 M, i64 C, i64 HW, i64 cs, i64 ps, bool train, int act,
                    ptr_t stream) {
   const char* fn = "bn_bwd_reduce";
   require_dtype(dtype, fn);
+  require_act(act, fn);
   require_ptr(dout, fn, "grad_out");
   require_ptr(src, fn, "src");
   require_ptr(part_dz, fn, "part_dz");
@@ -99,34 +75,21 @@ void bn_bwd_reduce(int dtype, ptr_t dout, ptr_t src, ptr_t dz, ptr_t mean, ptr_t
   require(grid.y <= 65535, fn, "too many channels");
   REGNET_DISPATCH(dtype, fn, {
     auto kern = bn_bwd_reduce_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, grid, dim3(RED_THREADS), 0, as_stream(stream), reinterpret_cast<const scalar_t*>(dout),
-                  reinterpret_cast<const scalar_t*>(src), reinterpret_cast<scalar_t*>(dz),
-                  reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(invstd),
-                  reinterpret_cast<const float*>(scale), reinterpret_cast<const float*>(bias),
-                  reinterpret_cast<float*>(part_dz), reinterpret_cast<float*>(part_dzx), M, C, HW, cs, ps,
-                  (long long)train, (long long)relu);
+    launch_kernel(fn, kern, grid, dim3(RED_THREADS), stream, dout, src, dz, mean, invstd, scale, bias, part_dz,
+                  part_dzx, M, C, HW, cs, ps, train, act);
   });
-  check_launch(fn);
 }
 
 void bn_bwd_dy(int dtype, ptr_t dout, ptr_t y, ptr_t dy, ptr_t mean, ptr_t invstd, ptr_t scale, ptr_t bias,
-               ptr_t sum_dz, ptr_t sum_dzx, double inv_count, i64 numel, i64 C, i64 cs, bool relu, ptr_t stream) {
+               ptr_t sum_dz, ptr_t sum_dzx, double inv_count, i64 numel, i64 C, i64 cs, int act, ptr_t stream) {
   const char* fn = "bn_bwd_dy";
-  require_dtype(dtype, fn);
-  for (ptr_t p : {dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx}) require_ptr(p, fn, "an argument");
-  require(C >= 1 && cs >= 1 && numel % C == 0, fn, "numel must be a multiple of C");
-  require_int32(numel, fn, "numel");
-  if (numel == 0) return;
+  require_act(act, fn);
+  if (!check_ew(fn, dtype, {dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx}, numel, C, cs, C)) return;
   REGNET_DISPATCH(dtype, fn, {
     auto kern = bn_bwd_dy_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, dim3(ew_blocks(numel)), dim3(REGNET_EW_THREADS), 0, as_stream(stream),
-                  reinterpret_cast<const scalar_t*>(dout), reinterpret_cast<const scalar_t*>(y),
-                  reinterpret_cast<scalar_t*>(dy), reinterpret_cast<const float*>(mean),
-                  reinterpret_cast<const float*>(invstd), reinterpret_cast<const float*>(scale),
-                  reinterpret_cast<const float*>(bias), reinterpret_cast<const float*>(sum_dz),
-                  reinterpret_cast<const float*>(sum_dzx), (float)inv_count, numel, C, cs, (long long)relu);
+    launch_kernel(fn, kern, dim3(ew_blocks(numel)), dim3(REGNET_EW_THREADS), stream, dout, y, dy, mean, invstd, scale,
+                  bias, sum_dz, sum_dzx, inv_count, numel, C, cs, act);
   });
-  check_launch(fn);
 }
 
 }  // namespace regnet

@@ -10,21 +10,14 @@ void conv_dgrad(int dtype, ptr_t dy, i64 sdn, i64 sdc, i64 sdh, i64 sdw, ptr_t w
                 ptr_t dx, i64 sxn, i64 sxc, i64 sxh, i64 sxw, i64 N, i64 C_in, i64 H, i64 W, i64 C_out, i64 HO, i64 WO,
                 i64 KH, i64 KW, i64 stride, i64 pad, i64 groups, ptr_t stream) {
   const char* fn = "conv_dgrad";
-  require_dtype(dtype, fn);
-  require_ptr(dy, fn, "dy");
-  require_ptr(w, fn, "weight");
-  require_ptr(dx, fn, "dx");
-  check_conv_shape(fn, N, C_in, H, W, C_out, HO, WO, KH, KW, stride, pad, groups);
-  const i64 M = N * H * W;
-  const dim3 grid((unsigned)((M + GEMM_BM - 1) / GEMM_BM), (unsigned)((C_in + GEMM_BN - 1) / GEMM_BN));
-  require(grid.y <= 65535, fn, "too many input channels");
+  check_conv_args(fn, dtype, {{dy, "dy"}, {w, "weight"}, {dx, "dx"}}, N, C_in, H, W, C_out, HO, WO, KH, KW, stride,
+                  pad, groups);
+  const dim3 grid = gemm_grid(fn, N * H * W, C_in, "too many input channels");
   REGNET_DISPATCH(dtype, fn, {
     auto kern = conv_dgrad_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, grid, dim3(GEMM_THREADS), 0, as_stream(stream), reinterpret_cast<const scalar_t*>(dy),
-                  reinterpret_cast<const scalar_t*>(w), reinterpret_cast<scalar_t*>(dx), N, C_in, H, W, C_out, HO, WO,
-                  KH, KW, stride, pad, groups, sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw);
+    launch_kernel(fn, kern, grid, dim3(GEMM_THREADS), stream, dy, w, dx, N, C_in, H, W, C_out, HO, WO, KH, KW, stride,
+                  pad, groups, sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw);
   });
-  check_launch(fn);
 }
 
 i64 wgrad_channel_chunks(i64 C_in, i64 C_out, i64 groups) {
@@ -44,11 +37,8 @@ void conv_wgrad(int dtype, ptr_t x, i64 sxn, i64 sxc, i64 sxh, i64 sxw, ptr_t dy
                 ptr_t ws, i64 N, i64 C_in, i64 H, i64 W, i64 C_out, i64 HO, i64 WO, i64 KH, i64 KW, i64 stride, i64 pad,
                 i64 groups, i64 splits, i64 m_per_split, ptr_t stream) {
   const char* fn = "conv_wgrad";
-  require_dtype(dtype, fn);
-  require_ptr(x, fn, "x");
-  require_ptr(dy, fn, "dy");
-  require_ptr(ws, fn, "workspace");
-  check_conv_shape(fn, N, C_in, H, W, C_out, HO, WO, KH, KW, stride, pad, groups);
+  check_conv_args(fn, dtype, {{x, "x"}, {dy, "dy"}, {ws, "workspace"}}, N, C_in, H, W, C_out, HO, WO, KH, KW, stride,
+                  pad, groups);
   const i64 M = N * HO * WO;
   require(splits >= 1 && m_per_split >= 1 && splits * m_per_split >= M, fn,
           "splits x m_per_split must cover the N*HO*WO pixels");
@@ -58,11 +48,9 @@ void conv_wgrad(int dtype, ptr_t x, i64 sxn, i64 sxc, i64 sxh, i64 sxw, ptr_t dy
   require(chunks <= 65535 && KH * KW * splits <= 65535, fn, "grid too large: use fewer splits");
   REGNET_DISPATCH(dtype, fn, {
     auto kern = conv_wgrad_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, grid, dim3(GEMM_THREADS), 0, as_stream(stream), reinterpret_cast<const scalar_t*>(x),
-                  reinterpret_cast<const scalar_t*>(dy), reinterpret_cast<float*>(ws), N, C_in, H, W, C_out, HO, WO,
-                  KH, KW, stride, pad, groups, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, m_per_split);
+    launch_kernel(fn, kern, grid, dim3(GEMM_THREADS), stream, x, dy, ws, N, C_in, H, W, C_out, HO, WO, KH, KW, stride,
+                  pad, groups, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, m_per_split);
   });
-  check_launch(fn);
 }
 
 void wgrad_reduce(int dtype, ptr_t ws, i64 splits, i64 C_out, i64 per_co, ptr_t scale, ptr_t out_f32, ptr_t out_t,
@@ -75,11 +63,9 @@ void wgrad_reduce(int dtype, ptr_t ws, i64 splits, i64 C_out, i64 per_co, ptr_t 
   const i64 K = C_out * per_co;
   REGNET_DISPATCH(dtype, fn, {
     auto kern = wgrad_reduce_kernel<scalar_t>;
-    REGNET_LAUNCH(kern, dim3(ew_blocks(K)), dim3(REGNET_EW_THREADS), 0, as_stream(stream),
-                  reinterpret_cast<const float*>(ws), splits, K, per_co, reinterpret_cast<const float*>(scale),
-                  reinterpret_cast<float*>(out_f32), reinterpret_cast<scalar_t*>(out_t));
+    launch_kernel(fn, kern, dim3(ew_blocks(K)), dim3(REGNET_EW_THREADS), stream, ws, splits, K, per_co, scale, out_f32,
+                  out_t);
   });
-  check_launch(fn);
 }
 
 }  // namespace regnet

@@ -28,8 +28,11 @@ from torch.nn.modules import module as _module_mod
 from torch.nn.utils import parametrize as _parametrize
 from torch.nn.utils import prune as _prune
 
+from regnet_kernels.kernels.activation import Act
+
 __all__ = [
     "Activation",
+    "KERNEL_ACT",
     "activation_of",
     "conv_unsupported_reason",
     "bn_unsupported_reason",
@@ -63,6 +66,18 @@ class Activation(str, enum.Enum):
         except ValueError:
             raise ValueError(f"unknown activation {value!r}; known: None, "
                              + ", ".join(repr(a.value) for a in cls)) from None
+
+    @property
+    def kernel_act(self) -> Optional[Act]:
+        """The kernels' code for this activation after a BatchNorm (:data:`KERNEL_ACT`), None if they have none."""
+        return KERNEL_ACT.get(self)
+
+
+#: The one table from a matched activation to the kernels' activation code
+#: (:class:`regnet_kernels.kernels.activation.Act`): the activations a fused conv + BatchNorm may end with.
+#: SIGMOID has no entry (it is only the SE gate, fixed inside the SE kernels). A new activation: its member
+#: above, its module in :func:`activation_of`, and its entry here.
+KERNEL_ACT: Dict[Activation, Act] = {Activation.NONE: Act.NONE, Activation.RELU: Act.RELU}
 
 
 def _class_is(m: object, *known: Tuple[str, str]) -> bool:
@@ -183,8 +198,8 @@ def parse_conv_bn_act(m: nn.Module, *, in_block: bool = False) -> Tuple[Optional
     if outer is not Activation.NONE and inner is not Activation.NONE:
         return None, "two activations"
     act = outer if outer is not Activation.NONE else inner
-    if act not in (Activation.NONE, Activation.RELU):
-        return None, f"activation {act.value} after a BatchNorm (only ReLU or none)"
+    if act not in KERNEL_ACT:
+        return None, f"activation {act.value} after a BatchNorm (only {' or '.join(a.value for a in KERNEL_ACT)})"
     return ConvBNAct(cname, bname, act, extra), None
 
 

@@ -11,6 +11,7 @@ Whether the loads really vectorise is a property of the compiled binary: ``tests
 import pytest
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.triton import conv
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter numerics (CPU)")
@@ -102,8 +103,8 @@ def test_vector_loads_change_no_bits(case, dtype):
     def fwd():
         res = torch.randn(n, cout, ho, ho, generator=torch.Generator().manual_seed(1)).to(dtype)
         res = _cl(res) if layout != "nchw" else res
-        return conv.conv2d_fwd(x, w, stride, pad, groups, pre_affine=pre, pre_relu=True, gate=gate, post_bn=bn,
-                               residual=res, post_relu=True, stats=True)[:3]
+        return conv.conv2d_fwd(x, w, stride, pad, groups, pre_affine=pre, pre_act=Act.RELU, gate=gate, post_bn=bn,
+                               residual=res, act=Act.RELU, stats=True)[:3]
 
     _equal(*_both(fwd))
     y = conv.conv2d_fwd(x, w, stride, pad, groups)[0]
@@ -111,5 +112,5 @@ def test_vector_loads_change_no_bits(case, dtype):
     dy = _cl(dy) if layout != "nchw" else dy
     like = x if layout != "slice" else _cl(torch.empty(x.shape, dtype=dtype))
     _equal(*_both(lambda: (conv.conv2d_dgrad(dy, w, x.shape, stride, pad, groups, like, add=like),)))
-    _equal(*_both(lambda: (conv.conv2d_wgrad(x, dy, w.shape, stride, pad, groups, pre_affine=pre, pre_relu=True,
+    _equal(*_both(lambda: (conv.conv2d_wgrad(x, dy, w.shape, stride, pad, groups, pre_affine=pre, pre_act=Act.RELU,
                                              gate=gate),)))

@@ -76,7 +76,7 @@ def _fake_bench(fast):
 
 
 SHAPES = [
-    tune.ConvShape("fwd", "fp32", 2, 16, 5, 5, 32, 3, 3, 1, 1, 2, ("PRE_AFFINE", "PRE_RELU", "STATS")),
+    tune.ConvShape("fwd", "fp32", 2, 16, 5, 5, 32, 3, 3, 1, 1, 2, ("PRE_AFFINE", "PRE_ACT", "STATS")),
     tune.ConvShape("dgrad", "fp32", 1, 16, 6, 6, 24, 3, 3, 2, 1, 2, ("HAS_ACC",)),
     tune.ConvShape("wgrad", "fp32", 2, 16, 6, 6, 16, 1, 1, 1, 0, 2, ("PRE_GATE",)),
 ]

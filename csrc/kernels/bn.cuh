@@ -1,5 +1,5 @@
-// BatchNorm around the fused conv: statistics finalize, running-statistics update, normalize + ReLU,
-// and the backward passes (dReLU fused with the two per-channel reductions; the conv-output
+// BatchNorm around the fused conv: statistics finalize, running-statistics update, normalize + act,
+// and the backward passes (the activation's gradient fused with the two per-channel reductions; the conv-output
 // gradient). The CUDA twin of regnet_kernels/kernels/triton/bn.py.
 //
 // Layout convention for the per-channel kernels: every tensor of one call is dense in the same
@@ -118,13 +118,12 @@ __global__ void bn_running_update_kernel(float* __restrict__ rmean, float* __res
 template <typename T>
 __global__ void bn_act_kernel(const T* __restrict__ y, T* __restrict__ out, const float* __restrict__ mean,
                               const float* __restrict__ scale, const float* __restrict__ bias, long long numel,
-                              long long C, long long cs, long long relu) {
+                              long long C, long long cs, long long act) {
   const unsigned int n = (unsigned int)numel, nc = (unsigned int)C, ucs = (unsigned int)cs;
   for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     const unsigned int c = (i / ucs) % nc;
-    float z = (to_f32(y[i]) - mean[c]) * scale[c] + bias[c];
-    if (relu) z = relu_f(z);
-    out[i] = from_f32<T>(z);
+    const float z = (to_f32(y[i]) - mean[c]) * scale[c] + bias[c];
+    out[i] = from_f32<T>(apply_act(z, act));
   }
 }
 
@@ -202,25 +201,26 @@ __device__ __forceinline__ bool reduce_tile(Op op, long long M, long long C, lon
 }
 
 // Backward reductions, one tile per CTA -> one partial row per channel (grid (cdiv(M, RED_PIX),
-// cdiv(C, RED_CH))). dz = dout * relu'(z):
+// cdiv(C, RED_CH))). dz = dout * act'(z):
 //   train: z = (y - mean) * scale + bias recomputed from the saved pre-BN output (src = y); partials of
 //          dz and of dz * xhat with xhat = (y - mean) * invstd.
-//   eval:  src is the saved output (relu' = out > 0); partials of dz; dz written when dz_out is given.
+//   eval:  src is the saved output (ReLU's mask out > 0 is z > 0; an activation whose gradient needs z
+//          itself must recompute it); partials of dz; dz written when dz_out is given.
 template <typename T>
 __global__ void __launch_bounds__(RED_THREADS) bn_bwd_reduce_kernel(
     const T* __restrict__ dout, const T* __restrict__ src, T* __restrict__ dz_out,
     const float* __restrict__ mean, const float* __restrict__ invstd, const float* __restrict__ scale,
     const float* __restrict__ bias, float* __restrict__ part_dz, float* __restrict__ part_dzx, long long M,
-    long long C, long long HW, long long cs, long long ps, long long train, long long relu) {
+    long long C, long long HW, long long cs, long long ps, long long train, long long act) {
   auto op = [&](long long off, int c, float& a, float& b) {
     float g = to_f32(dout[off]);
     const float v = to_f32(src[off]);
     if (train) {
       const float mu = mean[c];
-      if (relu) g = relu_grad_f(g, (v - mu) * scale[c] + bias[c]);
+      g = act_grad(g, (v - mu) * scale[c] + bias[c], act);
       b += g * ((v - mu) * invstd[c]);
-    } else if (relu) {
-      g = relu_grad_f(g, v);
+    } else {
+      g = act_grad(g, v, act);
     }
     a += g;
     if (dz_out != nullptr) dz_out[off] = from_f32<T>(g);
@@ -234,20 +234,20 @@ __global__ void __launch_bounds__(RED_THREADS) bn_bwd_reduce_kernel(
 }
 
 // Gradient w.r.t. the pre-BN conv output (batch statistics), element-wise:
-//   dy = scale * (dz - sum_dz / count - xhat * sum_dzx / count), dz = dout * relu'(z)
+//   dy = scale * (dz - sum_dz / count - xhat * sum_dzx / count), dz = dout * act'(z)
 template <typename T>
 __global__ void bn_bwd_dy_kernel(const T* __restrict__ dout, const T* __restrict__ y, T* __restrict__ dy,
                                  const float* __restrict__ mean, const float* __restrict__ invstd,
                                  const float* __restrict__ scale, const float* __restrict__ bias,
                                  const float* __restrict__ sum_dz, const float* __restrict__ sum_dzx, float inv_count,
-                                 long long numel, long long C, long long cs, long long relu) {
+                                 long long numel, long long C, long long cs, long long act) {
   const unsigned int n = (unsigned int)numel, nc = (unsigned int)C, ucs = (unsigned int)cs;
   for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     const unsigned int c = (i / ucs) % nc;
     float g = to_f32(dout[i]);
     const float v = to_f32(y[i]);
     const float mu = mean[c], s = scale[c];
-    if (relu) g = relu_grad_f(g, (v - mu) * s + bias[c]);
+    g = act_grad(g, (v - mu) * s + bias[c], act);
     const float xhat = (v - mu) * invstd[c];
     dy[i] = from_f32<T>(s * (g - sum_dz[c] * inv_count - xhat * (sum_dzx[c] * inv_count)));
   }

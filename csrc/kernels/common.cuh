@@ -52,12 +52,23 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// torch.relu: 0 where v < 0, else v, so NaN (and -0.0) pass through as in eager; fmaxf(v, 0.0f) returns 0
-// for NaN and would hide a diverging run.
-__device__ __forceinline__ float relu_f(float v) { return v < 0.0f ? 0.0f : v; }
+// Activation codes (config.cuh, REGNET_ACT_*): the `act` argument of the kernels.
+enum Act : int { ACT_NONE = REGNET_ACT_NONE, ACT_RELU = REGNET_ACT_RELU };
 
-// ReLU backward as eager's threshold_backward(g, z, 0): 0 where z <= 0, else g (a NaN z lets g through).
-__device__ __forceinline__ float relu_grad_f(float g, float z) { return z <= 0.0f ? 0.0f : g; }
+// The activation `act` on v; a new activation is one branch here (and one in act_grad).
+// RELU is torch.relu: 0 where v < 0, else v, so NaN (and -0.0) pass through as in eager; fmaxf(v, 0.0f)
+// returns 0 for NaN and would hide a diverging run.
+__device__ __forceinline__ float apply_act(float v, long long act) {
+  if (act == ACT_RELU) v = v < 0.0f ? 0.0f : v;
+  return v;
+}
+
+// The gradient g reaching apply_act(z, act), taken back through it.
+// RELU is eager's threshold_backward(g, z, 0): 0 where z <= 0, else g (a NaN z lets g through).
+__device__ __forceinline__ float act_grad(float g, float z, long long act) {
+  if (act == ACT_RELU) g = z <= 0.0f ? 0.0f : g;
+  return g;
+}
 
 __device__ __forceinline__ long long cdiv_ll(long long a, long long b) { return (a + b - 1) / b; }
 

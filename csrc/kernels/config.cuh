@@ -24,6 +24,13 @@
 #define REGNET_EW_THREADS 256
 #define REGNET_EW_PER_THREAD 4
 
+// Activation codes: the `act` argument of the kernels and launchers, applied by apply_act / act_grad
+// (common.cuh, which names them in the Act enum). regnet_kernels/kernels/activation.py (Act) holds the
+// same codes (tests/test_activation.py checks; the extension reports them through _C.config()). A new
+// activation: a code here, its name in Act, a branch in apply_act and act_grad, and in require_act.
+#define REGNET_ACT_NONE 0
+#define REGNET_ACT_RELU 1
+
 // Squeeze-excitation FC kernels: samples per block (weights are read once per block).
 #define REGNET_SE_NB 4
 #define REGNET_SE_THREADS 256

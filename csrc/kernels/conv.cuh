@@ -37,6 +37,20 @@ static_assert(GEMM_THREADS == 2 * GEMM_BN, "the statistics epilogue uses two thr
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 
+// The groups g_lo .. g_hi spanned by a tile of `width` columns from c0 (of n_cols columns, col_per_group per
+// group), and the reduction range k_start .. k_end over exactly those groups (red_per_group channels each).
+struct GroupSpan {
+  int g_lo, g_hi, k_start, k_end;
+};
+__device__ __forceinline__ GroupSpan group_span(int c0, int width, int n_cols, int col_per_group, int red_per_group) {
+  GroupSpan t;
+  t.g_lo = c0 / col_per_group;
+  t.g_hi = (imin(c0 + width, n_cols) - 1) / col_per_group;
+  t.k_start = t.g_lo * red_per_group;
+  t.k_end = (t.g_hi + 1) * red_per_group;
+  return t;
+}
+
 // Shared-memory layout of one GEMM tile. A is [BM][LDA], B is [BK][LDB] (both row-major, operand
 // type), the fp32 accumulator tile C is [BM][LDC] and reuses the same bytes after the main loop.
 // Tensor-core leading dimensions are multiples of 8 elements (16 bytes, as WMMA requires); the fp32
@@ -242,6 +256,50 @@ __device__ __forceinline__ void add_non_finite(float* Cs, const unsigned (*codes
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The main-loop step and the accumulator hand-off shared by the forward and data-gradient kernels
+// ---------------------------------------------------------------------------------------------------
+// One BK slice k0 .. k0 + BK of the reduction: gather A (rows through tap_off, reduction indices past k_end
+// zero; NaN/Inf reported in a multi-group tile), fill B with load_b(k, c) (the block-diagonal weight tile),
+// take a multi-group tile's non-finite products (group_k(c): first reduction index of column c's group, or
+// -1 past the last column; group_width: the group's reduction length), then C += A @ B and a barrier.
+template <typename T, typename LoadB, typename GroupK>
+__device__ __forceinline__ void gemm_slice(TileAcc<T>& acc, T* As, T* Bs, const T* __restrict__ a_src,
+                                           const long long* tap_off, int k0, int k_end, long long a_sk, bool a_kfast,
+                                           bool multi, LoadB load_b, GroupK group_k, int group_width,
+                                           unsigned (*nf_codes)[2], bool& nf_hit) {
+  using L = GemmSmem<T>;
+  const bool bad = multi ? gather_a<T, true>(As, a_src, tap_off, k0, k_end, a_sk, a_kfast)
+                         : gather_a<T, false>(As, a_src, tap_off, k0, k_end, a_sk, a_kfast);
+#pragma unroll 4
+  for (int e = 0; e < GEMM_BK * GEMM_BN / GEMM_THREADS; ++e) {
+    int k, c;
+    tile_coord<GEMM_BK, GEMM_BN>(e, true, k, c);
+    Bs[k * L::LDB + c] = load_b(k, c);
+  }
+  if (__syncthreads_or(bad)) {  // only ever true in a multi-group tile
+    const int first = group_k((int)threadIdx.x % GEMM_BN);
+    const int k_lo = first < 0 ? 0 : imax(first - k0, 0);
+    const int k_hi = first < 0 ? 0 : imin(first + group_width - k0, GEMM_BK);
+    take_non_finite(As, Bs, k_lo, k_hi, nf_codes, !nf_hit);
+    nf_hit = true;
+  }
+  acc.mma(As, Bs);
+  __syncthreads();
+}
+
+// After the main loop: the accumulators into the shared fp32 tile Cs (which reuses A and B), plus the
+// non-finite sums when a slice took that path (nf_hit is block-uniform); ends with a barrier.
+template <typename T>
+__device__ __forceinline__ void acc_to_smem(TileAcc<T>& acc, float* Cs, bool nf_hit, const unsigned (*nf_codes)[2]) {
+  acc.store(Cs);
+  __syncthreads();
+  if (nf_hit) {
+    add_non_finite(Cs, nf_codes, GemmSmem<T>::LDC);
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Forward: y[n, co, ho, wo] = sum_{kh, kw, ci in group(co)} x[n, ci, ho*S-P+kh, wo*S-P+kw] * w[co, ci_l, kh, kw]
 // GEMM rows = output pixels (n, ho, wo), columns = output channels.
 // Epilogue (runtime flags): eval BatchNorm act((acc - mean) * scale + bias) when post_mean is given;
@@ -258,7 +316,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     long long sxn, long long sxc, long long sxh, long long sxw,
     long long swo, long long swi, long long swh, long long sww,
     long long syn, long long syc, long long syh, long long syw,
-    long long relu) {
+    long long act) {
   using L = GemmSmem<T>;
   __shared__ __align__(128) unsigned char smem[L::BYTES];
   __shared__ long long row_x[GEMM_BM];    // n * sxn, or -1 past the last pixel
@@ -280,9 +338,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
   const int m0 = (int)blockIdx.x * GEMM_BM;
   const int n0 = (int)blockIdx.y * GEMM_BN;
   const int cin_g = (int)(C_in / groups), cout_g = (int)(C_out / groups);
-  const int g_lo = n0 / cout_g;
-  const int g_hi = (imin(n0 + GEMM_BN, (int)C_out) - 1) / cout_g;
-  const int ci_start = g_lo * cin_g, ci_end = (g_hi + 1) * cin_g;
+  const GroupSpan span = group_span(n0, GEMM_BN, (int)C_out, cout_g, cin_g);  // reduction: input channels
 
   if (tid < GEMM_BM) {
     const int m = m0 + tid;
@@ -311,7 +367,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
   TileAcc<T> acc;
   acc.zero();
   const bool a_kfast = (sxc == 1);
-  const bool multi = g_hi > g_lo;  // block-diagonal tile: non-finite inputs need care (see above)
+  const bool multi = span.g_hi > span.g_lo;  // block-diagonal tile: non-finite inputs need care (see above)
   bool nf_hit = false;             // block-uniform: some slice took the non-finite path
   const int taps = (int)(KH * KW);
   for (int tap = 0; tap < taps; ++tap) {
@@ -327,38 +383,23 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     }
     __syncthreads();
     const long long w_tap = kh * swh + kw * sww;
-    for (int k0 = ci_start; k0 < ci_end; k0 += GEMM_BK) {
-      const bool bad = multi ? gather_a<T, true>(As, x, tap_off, k0, ci_end, sxc, a_kfast)
-                             : gather_a<T, false>(As, x, tap_off, k0, ci_end, sxc, a_kfast);
-#pragma unroll 4
-      for (int e = 0; e < GEMM_BK * GEMM_BN / GEMM_THREADS; ++e) {
-        int k, c;
-        tile_coord<GEMM_BK, GEMM_BN>(e, true, k, c);
+    for (int k0 = span.k_start; k0 < span.k_end; k0 += GEMM_BK) {
+      auto load_b = [&](int k, int c) {  // weight of (input channel k0 + k, output column c), 0 off its group
         const int ci0 = col_ci0[c];
         const int ci_l = k0 + k - ci0;
         T v = from_f32<T>(0.0f);
         if (ci0 >= 0 && ci_l >= 0 && ci_l < cin_g) v = w[col_w[c] + ci_l * swi + w_tap];
-        Bs[k * L::LDB + c] = v;
-      }
-      if (__syncthreads_or(bad)) {  // only ever true in a multi-group tile
-        const int ci0 = col_ci0[tid % GEMM_BN];
-        const int k_lo = ci0 < 0 ? 0 : imax(ci0 - k0, 0), k_hi = ci0 < 0 ? 0 : imin(ci0 + cin_g - k0, GEMM_BK);
-        take_non_finite(As, Bs, k_lo, k_hi, nf_codes, !nf_hit);
-        nf_hit = true;
-      }
-      acc.mma(As, Bs);
-      __syncthreads();
+        return v;
+      };
+      auto group_k = [&](int c) { return col_ci0[c]; };
+      gemm_slice(acc, As, Bs, x, tap_off, k0, span.k_end, sxc, a_kfast, multi, load_b, group_k, cin_g, nf_codes,
+                 nf_hit);
     }
   }
 
   // ---- epilogue: accumulators -> shared fp32 tile -> (eval BN, act) -> y, coalesced along y's
   // contiguous dimension
-  acc.store(Cs);
-  __syncthreads();
-  if (nf_hit) {  // block-uniform
-    add_non_finite(Cs, nf_codes, L::LDC);
-    __syncthreads();
-  }
+  acc_to_smem(acc, Cs, nf_hit, nf_codes);
   const bool affine = post_mean != nullptr;
   const bool y_cfast = (syc == 1);
   for (int e = 0; e < GEMM_BM * GEMM_BN / GEMM_THREADS; ++e) {
@@ -368,7 +409,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_fwd_kernel(
     if (row_x[r] < 0 || co >= C_out) continue;
     float v = Cs[r * L::LDC + c];
     if (affine) v = (v - post_mean[co]) * post_scale[co] + post_bias[co];
-    if (relu) v = relu_f(v);
+    v = apply_act(v, act);
     const T t = from_f32<T>(v);
     y[row_y[r] + co * syc] = t;
     Cs[r * L::LDC + c] = to_f32(t);  // statistics of the values as stored (what eager BN reads back)
@@ -435,10 +476,9 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
   const int m0 = (int)blockIdx.x * GEMM_BM;
   const int n0 = (int)blockIdx.y * GEMM_BN;
   const int cin_g = (int)(C_in / groups), cout_g = (int)(C_out / groups);
-  const int g_lo = n0 / cin_g;
-  const int g_hi = (imin(n0 + GEMM_BN, (int)C_in) - 1) / cin_g;
-  const int co_start = g_lo * cout_g, co_end = (g_hi + 1) * cout_g;
+  const GroupSpan span = group_span(n0, GEMM_BN, (int)C_in, cin_g, cout_g);  // reduction: output channels
   const int S = (int)stride;
+  // (this setup has conv_fwd_kernel's shape, not its logic: rows are input pixels, taps map back to outputs)
 
   if (tid < GEMM_BM) {
     const int m = m0 + tid;
@@ -467,7 +507,7 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
   TileAcc<T> acc;
   acc.zero();
   const bool a_kfast = (sdc == 1);
-  const bool multi = g_hi > g_lo;  // block-diagonal tile: non-finite gradients need care
+  const bool multi = span.g_hi > span.g_lo;  // block-diagonal tile: non-finite gradients need care
   bool nf_hit = false;
   const int taps = (int)(KH * KW);
   for (int tap = 0; tap < taps; ++tap) {
@@ -485,36 +525,21 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_dgrad_kernel(
     }
     __syncthreads();
     const long long w_tap = kh * swh + kw * sww;
-    for (int k0 = co_start; k0 < co_end; k0 += GEMM_BK) {
-      const bool bad = multi ? gather_a<T, true>(As, dy, tap_off, k0, co_end, sdc, a_kfast)
-                             : gather_a<T, false>(As, dy, tap_off, k0, co_end, sdc, a_kfast);
-#pragma unroll 4
-      for (int e = 0; e < GEMM_BK * GEMM_BN / GEMM_THREADS; ++e) {
-        int k, c;
-        tile_coord<GEMM_BK, GEMM_BN>(e, true, k, c);
+    for (int k0 = span.k_start; k0 < span.k_end; k0 += GEMM_BK) {
+      auto load_b = [&](int k, int c) {  // weight of (output channel k0 + k, input column c)
         const int co = k0 + k;
         T v = from_f32<T>(0.0f);
         // block-diagonal: only output channels of the input channel's own group contribute
-        if (col_g[c] >= 0 && co < co_end && co / cout_g == col_g[c]) v = w[co * swo + col_w[c] + w_tap];
-        Bs[k * L::LDB + c] = v;
-      }
-      if (__syncthreads_or(bad)) {  // only ever true in a multi-group tile
-        const int g = col_g[tid % GEMM_BN];
-        const int k_lo = g < 0 ? 0 : imax(g * cout_g - k0, 0), k_hi = g < 0 ? 0 : imin((g + 1) * cout_g - k0, GEMM_BK);
-        take_non_finite(As, Bs, k_lo, k_hi, nf_codes, !nf_hit);
-        nf_hit = true;
-      }
-      acc.mma(As, Bs);
-      __syncthreads();
+        if (col_g[c] >= 0 && co < span.k_end && co / cout_g == col_g[c]) v = w[co * swo + col_w[c] + w_tap];
+        return v;
+      };
+      auto group_k = [&](int c) { return col_g[c] < 0 ? -1 : col_g[c] * cout_g; };
+      gemm_slice(acc, As, Bs, dy, tap_off, k0, span.k_end, sdc, a_kfast, multi, load_b, group_k, cout_g, nf_codes,
+                 nf_hit);
     }
   }
 
-  acc.store(Cs);
-  __syncthreads();
-  if (nf_hit) {  // block-uniform
-    add_non_finite(Cs, nf_codes, L::LDC);
-    __syncthreads();
-  }
+  acc_to_smem(acc, Cs, nf_hit, nf_codes);
   const bool x_cfast = (sxc == 1);
   for (int e = 0; e < GEMM_BM * GEMM_BN / GEMM_THREADS; ++e) {
     int r, c;
@@ -559,10 +584,9 @@ __global__ void __launch_bounds__(GEMM_THREADS) conv_wgrad_kernel(
   const int kh = tap / (int)KW, kw = tap % (int)KW;
   const int cin_g = (int)(C_in / groups), cout_g = (int)(C_out / groups);
   const int co0 = (int)blockIdx.x * GEMM_BM;
-  const int g_lo = co0 / cout_g;
-  const int g_hi = (imin(co0 + GEMM_BM, (int)C_out) - 1) / cout_g;
-  const int ci_base = g_lo * cin_g + (int)blockIdx.y * GEMM_BN;
-  const int ci_end = (g_hi + 1) * cin_g;
+  const GroupSpan span = group_span(co0, GEMM_BM, (int)C_out, cout_g, cin_g);  // columns: input channels
+  const int ci_base = span.k_start + (int)blockIdx.y * GEMM_BN;
+  const int ci_end = span.k_end;
   if (ci_base >= ci_end) return;  // this tile spans fewer channel chunks (uniform across the block)
 
   const int M = (int)(N * HO * WO);

@@ -66,57 +66,82 @@ __global__ void __launch_bounds__(RED_THREADS) se_reduce_kernel(const T* __restr
   }
 }
 
-// Both FCs for SE_NB samples per CTA (the weights are read once per CTA):
+// The small GEMMs of the SE FCs, for the SE_NB samples n0 .. n0 + nb_cnt of one CTA (the weights are read
+// once per CTA); acc[nb] = sum_r w(o, r) * in(nb, r) per output o, then out(o, acc) stores the nb_cnt sums.
+// Warp form: a warp per output, lanes along the reduction (w row-major [o][r], coalesced), butterfly sums.
+template <typename In, typename Out>
+__device__ __forceinline__ void se_warp_gemv(const float* __restrict__ w, long long n_out, long long n_red, int nb_cnt,
+                                             In in, Out out) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  for (long long o = warp; o < n_out; o += nwarps) {
+    float acc[SE_NB];
+#pragma unroll
+    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
+    for (long long r = lane; r < n_red; r += 32) {
+      const float wv = w[o * n_red + r];
+#pragma unroll
+      for (int nb = 0; nb < SE_NB; ++nb)
+        if (nb < nb_cnt) acc[nb] += wv * in(nb, r);
+    }
+#pragma unroll
+    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
+    if (lane == 0) out(o, acc);
+  }
+}
+
+// Thread form: a thread per output, a sequential reduction (w row-major [r][o]: columns read coalesced
+// across threads).
+template <typename In, typename Out>
+__device__ __forceinline__ void se_thread_gemv(const float* __restrict__ w, long long n_out, long long n_red,
+                                               int nb_cnt, In in, Out out) {
+  for (long long o = threadIdx.x; o < n_out; o += blockDim.x) {
+    float acc[SE_NB];
+#pragma unroll
+    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
+    for (long long r = 0; r < n_red; ++r) {
+      const float wv = w[r * n_out + o];
+#pragma unroll
+      for (int nb = 0; nb < SE_NB; ++nb)
+        if (nb < nb_cnt) acc[nb] += in(nb, r) * wv;
+    }
+    out(o, acc);
+  }
+}
+
+// s1 = pooled @ w1^T + b1 into the fp32 scratch s1: the forward, and backward's recompute of it (bit for bit).
+__device__ __forceinline__ void se_fc1(const float* __restrict__ pooled, const float* __restrict__ w1,
+                                       const float* __restrict__ b1, float* s1, long long n0, int nb_cnt, long long C,
+                                       long long S) {
+  se_warp_gemv(
+      w1, S, C, nb_cnt, [&](int nb, long long c) { return pooled[(n0 + nb) * C + c]; },
+      [&](long long s, const float* acc) {
+        const float bias = b1 != nullptr ? b1[s] : 0.0f;
+#pragma unroll
+        for (int nb = 0; nb < SE_NB; ++nb)
+          if (nb < nb_cnt) s1[(n0 + nb) * S + s] = acc[nb] + bias;
+      });
+}
+
+// Both FCs for SE_NB samples per CTA:
 //   s1 = pooled @ w1^T + b1 (to the fp32 scratch s1, which backward recomputes the same way), barrier,
 //   gate = sigmoid(relu(s1) @ w2^T + b2).
-// A warp per output, lanes along the reduction (coalesced weight rows), butterfly sums.
 __global__ void __launch_bounds__(SE_THREADS) se_fc_fwd_kernel(const float* __restrict__ pooled,
                                                              const float* __restrict__ w1, const float* __restrict__ b1,
                                                              const float* __restrict__ w2, const float* __restrict__ b2,
                                                              float* s1, float* __restrict__ gate, long long N,
                                                              long long C, long long S) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const long long n0 = (long long)blockIdx.x * SE_NB;
   const int nb_cnt = (int)(N - n0 < SE_NB ? N - n0 : SE_NB);
-  for (long long s = warp; s < S; s += nwarps) {
-    float acc[SE_NB];
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
-    for (long long c = lane; c < C; c += 32) {
-      const float wv = w1[s * C + c];
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += wv * pooled[(n0 + nb) * C + c];
-    }
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
-    if (lane == 0) {
-      const float bias = b1 != nullptr ? b1[s] : 0.0f;
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) s1[(n0 + nb) * S + s] = acc[nb] + bias;
-    }
-  }
+  se_fc1(pooled, w1, b1, s1, n0, nb_cnt, C, S);
   __syncthreads();  // s1 of this CTA's samples is complete (global writes are visible within the block)
-  for (long long c = warp; c < C; c += nwarps) {
-    float acc[SE_NB];
+  se_warp_gemv(
+      w2, C, S, nb_cnt, [&](int nb, long long s) { return apply_act(s1[(n0 + nb) * S + s], ACT_RELU); },
+      [&](long long c, const float* acc) {
+        const float bias = b2 != nullptr ? b2[c] : 0.0f;
 #pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
-    for (long long s = lane; s < S; s += 32) {
-      const float wv = w2[c * S + s];
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += wv * relu_f(s1[(n0 + nb) * S + s]);
-    }
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
-    if (lane == 0) {
-      const float bias = b2 != nullptr ? b2[c] : 0.0f;
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) gate[(n0 + nb) * C + c] = 1.0f / (1.0f + expf(-(acc[nb] + bias)));
-    }
-  }
+        for (int nb = 0; nb < SE_NB; ++nb)
+          if (nb < nb_cnt) gate[(n0 + nb) * C + c] = 1.0f / (1.0f + expf(-(acc[nb] + bias)));
+      });
 }
 
 // FC backward for SE_NB samples per CTA:
@@ -126,7 +151,6 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_bwd_kernel(
     const float* __restrict__ pooled, const float* __restrict__ gate, const float* __restrict__ dgate,
     const float* __restrict__ w1, const float* __restrict__ b1, const float* __restrict__ w2, float* s1, float* ds2,
     float* ds1, float* __restrict__ dpooled, long long N, long long C, long long S) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const long long n0 = (long long)blockIdx.x * SE_NB;
   const int nb_cnt = (int)(N - n0 < SE_NB ? N - n0 : SE_NB);
   for (long long c = threadIdx.x; c < C; c += blockDim.x) {
@@ -136,77 +160,44 @@ __global__ void __launch_bounds__(SE_THREADS) se_fc_bwd_kernel(
       ds2[o] = dgate[o] * g * (1.0f - g);
     }
   }
-  for (long long s = warp; s < S; s += nwarps) {  // s1, exactly as the forward computed it
-    float acc[SE_NB];
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
-    for (long long c = lane; c < C; c += 32) {
-      const float wv = w1[s * C + c];
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += wv * pooled[(n0 + nb) * C + c];
-    }
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = warp_sum(acc[nb]);
-    if (lane == 0) {
-      const float bias = b1 != nullptr ? b1[s] : 0.0f;
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) s1[(n0 + nb) * S + s] = acc[nb] + bias;
-    }
-  }
+  se_fc1(pooled, w1, b1, s1, n0, nb_cnt, C, S);  // s1, exactly as the forward computed it
   __syncthreads();
-  // ds1[n, s] = sum_c ds2[n, c] * w2[c, s]: a thread per s (w2 columns read coalesced across threads)
-  for (long long s = threadIdx.x; s < S; s += blockDim.x) {
-    float acc[SE_NB];
+  // ds1[n, s] = sum_c ds2[n, c] * w2[c, s]
+  se_thread_gemv(
+      w2, S, C, nb_cnt, [&](int nb, long long c) { return ds2[(n0 + nb) * C + c]; },
+      [&](long long s, const float* acc) {
 #pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
-    for (long long c = 0; c < C; ++c) {
-      const float wv = w2[c * S + s];
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += ds2[(n0 + nb) * C + c] * wv;
-    }
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) {  // constant indices: acc stays in registers
-      if (nb < nb_cnt) {
-        const long long o = (n0 + nb) * S + s;
-        ds1[o] = relu_grad_f(acc[nb], s1[o]);
-      }
-    }
-  }
+        for (int nb = 0; nb < SE_NB; ++nb) {  // constant indices: acc stays in registers
+          if (nb < nb_cnt) {
+            const long long o = (n0 + nb) * S + s;
+            ds1[o] = act_grad(acc[nb], s1[o], ACT_RELU);
+          }
+        }
+      });
   __syncthreads();
-  // dpooled[n, c] = sum_s ds1[n, s] * w1[s, c]: a thread per c
-  for (long long c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc[SE_NB];
+  // dpooled[n, c] = sum_s ds1[n, s] * w1[s, c]
+  se_thread_gemv(
+      w1, C, S, nb_cnt, [&](int nb, long long s) { return ds1[(n0 + nb) * S + s]; },
+      [&](long long c, const float* acc) {
 #pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb) acc[nb] = 0.0f;
-    for (long long s = 0; s < S; ++s) {
-      const float wv = w1[s * C + c];
-#pragma unroll
-      for (int nb = 0; nb < SE_NB; ++nb)
-        if (nb < nb_cnt) acc[nb] += ds1[(n0 + nb) * S + s] * wv;
-    }
-#pragma unroll
-    for (int nb = 0; nb < SE_NB; ++nb)
-      if (nb < nb_cnt) dpooled[(n0 + nb) * C + c] = acc[nb];
-  }
+        for (int nb = 0; nb < SE_NB; ++nb)
+          if (nb < nb_cnt) dpooled[(n0 + nb) * C + c] = acc[nb];
+      });
 }
 
-// out[i, j] = sum_n A[n, i] * f(B[n, j]) in sample order, f = relu when relu_b, B = null means 1
+// out[i, j] = sum_n A[n, i] * apply_act(B[n, j], act_b) in sample order, B = null means 1
 // (then J = 1: column sums, the bias gradients). The SE weight gradients: dw1 = ds1^T @ pooled,
 // dw2 = ds2^T @ relu(s1), db1 = sum ds1, db2 = sum ds2.
 __global__ void se_outer_kernel(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ out,
-                                long long N, long long I, long long J, long long relu_b) {
+                                long long N, long long I, long long J, long long act_b) {
   const long long total = I * J;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += (long long)gridDim.x * blockDim.x) {
     const long long i = idx / J, j = idx - i * J;
     float acc = 0.0f;
     for (long long n = 0; n < N; ++n) {
-      float bv = B != nullptr ? B[n * J + j] : 1.0f;
-      if (relu_b) bv = relu_f(bv);
-      acc += A[n * I + i] * bv;
+      const float bv = B != nullptr ? B[n * J + j] : 1.0f;
+      acc += A[n * I + i] * apply_act(bv, act_b);
     }
     out[idx] = acc;
   }

@@ -45,13 +45,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
+
 __all__ = ["ConvShape", "conv_shapes", "candidates", "tune_shape", "tune", "main"]
 
-#: The fused options of each conv kernel that change its code (constexpr flags).
+#: The fused options of each conv kernel that change its code (constexprs; a flag is on when its value is
+#: nonzero). ``PRE_ACT`` / ``ACT`` are activation codes: a shape with them on is tuned with ReLU (the config
+#: rules do not depend on which activation it is).
 FLAGS = {
-    "fwd": ("PRE_AFFINE", "PRE_RELU", "PRE_GATE", "POST_BN", "BN_GAMMA", "BN_BETA", "HAS_RES", "POST_RELU", "STATS"),
+    "fwd": ("PRE_AFFINE", "PRE_ACT", "PRE_GATE", "POST_BN", "BN_GAMMA", "BN_BETA", "HAS_RES", "ACT", "STATS"),
     "dgrad": ("HAS_ACC",),
-    "wgrad": ("PRE_AFFINE", "PRE_RELU", "PRE_GATE"),
+    "wgrad": ("PRE_AFFINE", "PRE_ACT", "PRE_GATE"),
 }
 _KERNELS = {"conv_fwd_kernel": "fwd", "conv_dgrad_kernel": "dgrad", "conv_wgrad_kernel": "wgrad"}
 _FIRST_TENSOR = {"fwd": "x_ptr", "dgrad": "dy_ptr", "wgrad": "x_ptr"}
@@ -144,6 +148,7 @@ class Runner:
 
         ho, wo = s.out_hw
         f = set(s.flags)
+        pre_act = Act.RELU if "PRE_ACT" in f else Act.NONE
         cin_g = s.C_in // s.groups
         self.x = rnd(s.N, s.C_in, s.H, s.W, cl=True)
         self.weight = rnd(s.C_out, cin_g, s.kh, s.kw, scale=(cin_g * s.kh * s.kw) ** -0.5).contiguous(
@@ -162,15 +167,15 @@ class Runner:
                         rnd(s.C_out, dtype=torch.float32) if "BN_BETA" in f else None, 1e-5)
             res = rnd(s.N, s.C_out, ho, wo, cl=True) if "HAS_RES" in f else None
             self._call = lambda: conv.conv2d_fwd(
-                self.x, self.weight, s.stride, s.pad, s.groups, pre_affine=pre, pre_relu="PRE_RELU" in f, gate=gate,
-                post_bn=post, residual=res, post_relu="POST_RELU" in f, stats="STATS" in f)
+                self.x, self.weight, s.stride, s.pad, s.groups, pre_affine=pre, pre_act=pre_act, gate=gate,
+                post_bn=post, residual=res, act=Act.RELU if "ACT" in f else Act.NONE, stats="STATS" in f)
         elif s.kind == "dgrad":
             add = rnd(s.N, s.C_in, s.H, s.W, cl=True) if "HAS_ACC" in f else None
             self._call = lambda: conv.conv2d_dgrad(self.dy, self.weight, self.x.shape, s.stride, s.pad, s.groups,
                                                    like=self.x, add=add)
         elif s.kind == "wgrad":
             self._call = lambda: conv.conv2d_wgrad(self.x, self.dy, self.weight.shape, s.stride, s.pad, s.groups,
-                                                   pre_affine=pre, pre_relu="PRE_RELU" in f, gate=gate)
+                                                   pre_affine=pre, pre_act=pre_act, gate=gate)
         else:
             raise ValueError(f"unknown conv kind {s.kind!r}")
         self.kind = f"conv_{s.kind}"

@@ -21,6 +21,8 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
+
 #: the kernel backends (each a module ``regnet_kernels.kernels.<name>.api`` exposing ``KERNELS``)
 BACKENDS = ("triton", "cuda")
 
@@ -77,14 +79,14 @@ class Kernels(abc.ABC):
     # -- convolution ------------------------------------------------------------------------------
     @abc.abstractmethod
     def conv_forward(self, x: Tensor, weight: Tensor, stride: int, padding: int, groups: int, *,
-                     stats: bool = False, eval_bn: Optional[EvalBN] = None, relu: bool = False,
+                     stats: bool = False, eval_bn: Optional[EvalBN] = None, act: Act = Act.NONE,
                      **extra) -> Tuple[Tensor, Any]:
         """Implicit-GEMM ``conv2d(x, weight)`` (no bias, dilation 1). Returns ``(y, partials)``.
 
         ``stats``: the epilogue also writes per-tile BatchNorm partials of ``y`` (``partials``, an opaque
         object only this backend's :meth:`bn_finalize` reads; None otherwise). ``eval_bn``: the epilogue
-        applies that eval BatchNorm in fp32, then ``relu`` when asked. ``extra``: options only some
-        backends have (Triton: ``pre_affine``, ``pre_relu``, ``gate``, ``residual`` for the whole-block
+        applies that eval BatchNorm in fp32, then the activation ``act``. ``extra``: options only some
+        backends have (Triton: ``pre_affine``, ``pre_act``, ``gate``, ``residual`` for the whole-block
         op); a backend without them raises ``TypeError``.
         """
 
@@ -101,7 +103,7 @@ class Kernels(abc.ABC):
         """The conv's weight gradient ``(fp32 | None, out | None)``, both of ``weight_shape``: the fp32 sum
         when ``want_f32``, and when ``out_dtype`` is given the same in ``out_dtype``, multiplied per output
         channel by ``scale`` (fp32 ``(C_out,)``) when given. Deterministic (fixed-order split-K). Triton
-        extras: ``pre_affine``, ``pre_relu``, ``gate`` (the forward's input prologue)."""
+        extras: ``pre_affine``, ``pre_act``, ``gate`` (the forward's input prologue)."""
 
     # -- BatchNorm --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -111,16 +113,16 @@ class Kernels(abc.ABC):
         ``(mean, invstd, var_unbiased, scale, bias)`` (biased variance in ``invstd``)."""
 
     @abc.abstractmethod
-    def bn_act(self, y: Tensor, mean: Tensor, scale: Tensor, bias: Tensor, relu: bool) -> Tensor:
+    def bn_act(self, y: Tensor, mean: Tensor, scale: Tensor, bias: Tensor, act: Act) -> Tensor:
         """``act((y - mean) * scale + bias)`` in ``y``'s dtype and memory format."""
 
     @abc.abstractmethod
-    def bn_bwd_reduce(self, dout: Tensor, src: Tensor, *, train: bool, relu: bool,
+    def bn_bwd_reduce(self, dout: Tensor, src: Tensor, *, train: bool, act: Act,
                       stats: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None, write_dz: bool = False,
                       **extra) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """``(sum_dz, sum_dz_xhat | None, dz | None)`` over N, H, W (fp32, distinct tensors).
 
-        ``dz`` is ``dout`` through the ReLU mask (``relu``). Train: ``src`` is the pre-BN conv output ``y``,
+        ``dz`` is ``dout`` through the activation gradient (``act``). Train: ``src`` is the pre-BN conv output ``y``,
         ``stats = (mean, invstd, scale, bias)``, the mask is ``BN(y) > 0`` and ``sum_dz_xhat`` is
         ``sum(dz * (y - mean) * invstd)``. Eval: ``src`` is the op output (mask ``src > 0``), no
         ``sum_dz_xhat``, and ``dz`` written (in ``src``'s dtype and layout) when ``write_dz``. Triton
@@ -129,7 +131,7 @@ class Kernels(abc.ABC):
 
     @abc.abstractmethod
     def bn_bwd_dy(self, dout: Tensor, y: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, bias: Tensor,
-                  sum_dz: Tensor, sum_dzx: Tensor, relu: bool, count: int, **extra) -> Tensor:
+                  sum_dz: Tensor, sum_dzx: Tensor, act: Act, count: int, **extra) -> Tensor:
         """The conv-output gradient of training BatchNorm + act:
         ``scale * (dz - sum_dz / count - xhat * sum_dzx / count)`` in ``y``'s dtype and layout."""
 
@@ -142,7 +144,7 @@ class Kernels(abc.ABC):
     # -- squeeze-excitation -----------------------------------------------------------------------
     @abc.abstractmethod
     def se_pool(self, x: Tensor, **extra) -> Tensor:
-        """``(N, C)`` fp32 spatial mean of ``x`` (Triton extras: ``pre_affine``, ``pre_relu``: the mean of
+        """``(N, C)`` fp32 spatial mean of ``x`` (Triton extras: ``pre_affine``, ``pre_act``: the mean of
         ``relu(BN(x))``)."""
 
     @abc.abstractmethod

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from regnet_kernels.distributed import sync_enabled
-from regnet_kernels.matching import Activation, bn_unsupported_reason, conv_unsupported_reason
+from regnet_kernels.matching import KERNEL_ACT, Activation, bn_unsupported_reason, conv_unsupported_reason
 from regnet_kernels.ops.conv_bn_act import conv_bn_act
 
 __all__ = ["FusedConvBNAct2d", "Activation", "conv_unsupported_reason", "bn_unsupported_reason"]
@@ -56,7 +56,7 @@ class FusedConvBNAct2d(nn.Module):
             act = Activation.parse(activation)
         except ValueError:
             act = None
-        if act not in (Activation.NONE, Activation.RELU):
+        if act not in KERNEL_ACT:
             raise ValueError(f"FusedConvBNAct2d: activation must be Activation.RELU or Activation.NONE ('relu' or "
                              f"None), got {activation!r}")
         self._names = tuple(names)

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.api import Kernels, eval_affine, f32
 from regnet_kernels.kernels.cuda import ext as _ext
 from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of
@@ -39,12 +40,12 @@ def _geometry(x_shape, w_shape, stride: int, padding: int, groups: int) -> tuple
     return N, C_in, H, W, C_out, HO, WO, KH, KW, int(stride), int(padding), int(groups)
 
 
-def _conv(lib, code: int, x, weight, geo, out, stream: int, *, stats=None, post=None, relu: bool = False) -> None:
+def _conv(lib, code: int, x, weight, geo, out, stream: int, *, stats=None, post=None, act: int = Act.NONE) -> None:
     part_mean, part_m2 = stats if stats is not None else (None, None)
     post_mean, post_scale, post_bias = post if post is not None else (None, None, None)
     lib.conv_fwd(code, x.data_ptr(), *x.stride(), weight.data_ptr(), *weight.stride(), out.data_ptr(), *out.stride(),
                  *geo, _ext.ptr(part_mean), _ext.ptr(part_m2), _ext.ptr(post_mean), _ext.ptr(post_scale),
-                 _ext.ptr(post_bias), bool(relu), stream)
+                 _ext.ptr(post_bias), int(act), stream)
 
 
 def _dgrad(lib, code: int, dy, weight, geo, like, stream: int) -> torch.Tensor:
@@ -86,7 +87,7 @@ def _wgrad(lib, code: int, x, dy, geo, stream: int, *, want_f32: bool = False, o
     return out_f32, out_t
 
 
-def _bn_bwd_sums(lib, code, go, src, fmt, stream, *, train: bool, relu: bool, stats=None, dz=None):
+def _bn_bwd_sums(lib, code, go, src, fmt, stream, *, train: bool, act: int, stats=None, dz=None):
     """``(sum_dz, sum_dz_xhat | None)`` over N, H, W (fp32, separate tensors: they become op outputs)."""
     N, C, H, W = src.shape
     M, HW = N * H * W, H * W
@@ -97,7 +98,7 @@ def _bn_bwd_sums(lib, code, go, src, fmt, stream, *, train: bool, relu: bool, st
     mean, invstd, scale, bias = stats if stats is not None else (None,) * 4
     lib.bn_bwd_reduce(code, go.data_ptr(), src.data_ptr(), _ext.ptr(dz), _ext.ptr(mean), _ext.ptr(invstd),
                       _ext.ptr(scale), _ext.ptr(bias), part[0].data_ptr(), part[1].data_ptr() if train else 0, M, C,
-                      HW, cs, ps, bool(train), bool(relu), stream)
+                      HW, cs, ps, bool(train), int(act), stream)
     sum_dz = torch.empty(C, dtype=torch.float32, device=src.device)
     sum_dzx = torch.empty(C, dtype=torch.float32, device=src.device) if train else None
     lib.sum_rows(part[0].data_ptr(), sum_dz.data_ptr(), part[1].data_ptr() if train else 0, _ext.ptr(sum_dzx), tiles,
@@ -126,7 +127,7 @@ class CudaKernels(Kernels):
         return _ext.dense(t.to(like.dtype), fmt)
 
     # -- convolution
-    def conv_forward(self, x, weight, stride, padding, groups, *, stats=False, eval_bn=None, relu=False, **extra):
+    def conv_forward(self, x, weight, stride, padding, groups, *, stats=False, eval_bn=None, act=Act.NONE, **extra):
         if extra:
             raise TypeError(f"the cuda backend's conv has no {', '.join(sorted(extra))} option")
         code, dev, lib = _launch(x, weight, *(eval_bn[:4] if eval_bn is not None else ()))
@@ -139,7 +140,7 @@ class CudaKernels(Kernels):
             tiles = _ext.cdiv(N * HO * WO, lib.config()["GEMM_BM"])
             partials = torch.empty((2, tiles, C), dtype=torch.float32, device=dev)
         with _ext.launch_context(dev) as stream:
-            _conv(lib, code, x, weight, geo, out, stream, stats=partials, post=post, relu=relu)
+            _conv(lib, code, x, weight, geo, out, stream, stats=partials, post=post, act=act)
         return out, partials
 
     def conv_dgrad(self, dy, weight, x_shape, stride, padding, groups, *, like, **extra):
@@ -170,16 +171,16 @@ class CudaKernels(Kernels):
                             invstd.data_ptr(), var_unb.data_ptr(), scale.data_ptr(), bias.data_ptr(), stream)
         return mean, invstd, var_unb, scale, bias
 
-    def bn_act(self, y, mean, scale, bias, relu):
+    def bn_act(self, y, mean, scale, bias, act):
         code, dev, lib = _launch(y, mean, scale, bias)
         y, _, C, _, cs, _ = _pixels(y)
         out = torch.empty_like(y)
         with _ext.launch_context(dev) as stream:
             lib.bn_act(code, y.data_ptr(), out.data_ptr(), mean.data_ptr(), scale.data_ptr(), bias.data_ptr(),
-                       y.numel(), C, cs, bool(relu), stream)
+                       y.numel(), C, cs, int(act), stream)
         return out
 
-    def bn_bwd_reduce(self, dout, src, *, train, relu, stats=None, write_dz=False, **extra):
+    def bn_bwd_reduce(self, dout, src, *, train, act, stats=None, write_dz=False, **extra):
         if extra:
             raise TypeError(f"the cuda backend's BatchNorm reduction has no {', '.join(sorted(extra))} option")
         code, dev, lib = _launch(src, dout, *(stats or ()))
@@ -188,11 +189,11 @@ class CudaKernels(Kernels):
         go = self.as_operand(dout, src)
         dz = torch.empty_like(src) if write_dz else None
         with _ext.launch_context(dev) as stream:
-            sum_dz, sum_dzx = _bn_bwd_sums(lib, code, go, src, fmt, stream, train=train, relu=relu, stats=stats,
+            sum_dz, sum_dzx = _bn_bwd_sums(lib, code, go, src, fmt, stream, train=train, act=act, stats=stats,
                                            dz=dz)
         return sum_dz, sum_dzx, dz
 
-    def bn_bwd_dy(self, dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu, count, **extra):
+    def bn_bwd_dy(self, dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, act, count, **extra):
         if extra:
             raise TypeError(f"the cuda backend's BatchNorm backward has no {', '.join(sorted(extra))} option")
         code, dev, lib = _launch(y, dout, mean, invstd, scale, bias, sum_dz, sum_dzx)
@@ -202,7 +203,7 @@ class CudaKernels(Kernels):
         with _ext.launch_context(dev) as stream:
             lib.bn_bwd_dy(code, go.data_ptr(), y.data_ptr(), dy.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
                           scale.data_ptr(), bias.data_ptr(), sum_dz.data_ptr(), sum_dzx.data_ptr(), 1.0 / count,
-                          y.numel(), C, cs, bool(relu), stream)
+                          y.numel(), C, cs, int(act), stream)
         return dy
 
     def bn_running_update(self, running_mean, running_var, num_batches_tracked, mean, var_unb, momentum, cumulative):
@@ -281,13 +282,13 @@ class CudaKernels(Kernels):
                           w2f.data_ptr(), s1.data_ptr(), ds2.data_ptr(), ds1.data_ptr(), dpooled.data_ptr(), N, C, S,
                           stream)
             if dw1 is not None:  # dw1 = ds1^T @ pooled
-                lib.se_outer(ds1.data_ptr(), pooled32.data_ptr(), dw1.data_ptr(), N, S, C, False, stream)
+                lib.se_outer(ds1.data_ptr(), pooled32.data_ptr(), dw1.data_ptr(), N, S, C, Act.NONE, stream)
             if db1 is not None:
-                lib.se_outer(ds1.data_ptr(), 0, db1.data_ptr(), N, S, 1, False, stream)
+                lib.se_outer(ds1.data_ptr(), 0, db1.data_ptr(), N, S, 1, Act.NONE, stream)
             if dw2 is not None:  # dw2 = ds2^T @ relu(s1)
-                lib.se_outer(ds2.data_ptr(), s1.data_ptr(), dw2.data_ptr(), N, C, S, True, stream)
+                lib.se_outer(ds2.data_ptr(), s1.data_ptr(), dw2.data_ptr(), N, C, S, Act.RELU, stream)
             if db2 is not None:
-                lib.se_outer(ds2.data_ptr(), 0, db2.data_ptr(), N, C, 1, False, stream)
+                lib.se_outer(ds2.data_ptr(), 0, db2.data_ptr(), N, C, 1, Act.NONE, stream)
         return dpooled, dw1, db1, dw2, db2
 
     def se_dx(self, dout, gate, dpooled, like):

@@ -358,13 +358,13 @@ class CupyLib:
     # -- conv --
     def conv_fwd(self, dtype, x, sxn, sxc, sxh, sxw, w, swo, swi, swh, sww, y, syn, syc, syh, syw, N, C_in, H, W,
                  C_out, HO, WO, KH, KW, stride, pad, groups, part_mean, part_m2, post_mean, post_scale, post_bias,
-                 relu, stream):
+                 act, stream):
         c = self._cfg
         grid = (cdiv(N * HO * WO, c["GEMM_BM"]), cdiv(C_out, c["GEMM_BN"]))
         P, i = self._p, self._i
         args = [P(x), P(w), P(y), P(part_mean), P(part_m2), P(post_mean), P(post_scale), P(post_bias)]
         args += [i(v) for v in (N, C_in, H, W, C_out, HO, WO, KH, KW, stride, pad, groups, sxn, sxc, sxh, sxw,
-                                swo, swi, swh, sww, syn, syc, syh, syw, bool(relu))]
+                                swo, swi, swh, sww, syn, syc, syh, syw, act)]
         self._launch("conv_fwd_kernel", dtype, grid, (c["GEMM_THREADS"],), stream, args)
 
     def conv_dgrad(self, dtype, dy, sdn, sdc, sdh, sdw, w, swo, swi, swh, sww, dx, sxn, sxc, sxh, sxw, N, C_in, H, W,
@@ -417,29 +417,29 @@ class CupyLib:
                 self._f(momentum), i(bool(cumulative))]
         self._launch("bn_running_update_kernel", None, (cdiv(C, 256),), (256,), stream, args)
 
-    def bn_act(self, dtype, y, out, mean, scale, bias, numel, C, cs, relu, stream):
+    def bn_act(self, dtype, y, out, mean, scale, bias, numel, C, cs, act, stream):
         if numel == 0:
             return
         P, i = self._p, self._i
-        args = [P(y), P(out), P(mean), P(scale), P(bias), i(numel), i(C), i(cs), i(bool(relu))]
+        args = [P(y), P(out), P(mean), P(scale), P(bias), i(numel), i(C), i(cs), i(act)]
         self._launch("bn_act_kernel", dtype, self._ew_grid(numel), (self._cfg["EW_THREADS"],), stream, args)
 
     def bn_bwd_reduce(self, dtype, dout, src, dz, mean, invstd, scale, bias, part_dz, part_dzx, M, C, HW, cs, ps, train,
-                      relu, stream):
+                      act, stream):
         c = self._cfg
         P, i = self._p, self._i
         args = [P(dout), P(src), P(dz), P(mean), P(invstd), P(scale), P(bias), P(part_dz), P(part_dzx), i(M), i(C),
-                i(HW), i(cs), i(ps), i(bool(train)), i(bool(relu))]
+                i(HW), i(cs), i(ps), i(bool(train)), i(act)]
         grid = (cdiv(M, c["RED_PIX"]), cdiv(C, c["RED_CH"]))
         self._launch("bn_bwd_reduce_kernel", dtype, grid, (c["RED_THREADS"],), stream, args)
 
-    def bn_bwd_dy(self, dtype, dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx, inv_count, numel, C, cs, relu,
+    def bn_bwd_dy(self, dtype, dout, y, dy, mean, invstd, scale, bias, sum_dz, sum_dzx, inv_count, numel, C, cs, act,
                   stream):
         if numel == 0:
             return
         P, i = self._p, self._i
         args = [P(dout), P(y), P(dy), P(mean), P(invstd), P(scale), P(bias), P(sum_dz), P(sum_dzx),
-                self._f(inv_count), i(numel), i(C), i(cs), i(bool(relu))]
+                self._f(inv_count), i(numel), i(C), i(cs), i(act)]
         self._launch("bn_bwd_dy_kernel", dtype, self._ew_grid(numel), (self._cfg["EW_THREADS"],), stream, args)
 
     # -- squeeze-excitation --
@@ -462,9 +462,9 @@ class CupyLib:
                 i(S)]
         self._launch("se_fc_bwd_kernel", None, (cdiv(N, c["SE_NB"]),), (c["SE_THREADS"],), stream, args)
 
-    def se_outer(self, A, B, out, N, I, J, relu_b, stream):  # noqa: E741 - the launcher's names
+    def se_outer(self, A, B, out, N, I, J, act_b, stream):  # noqa: E741 - the launcher's names
         P, i = self._p, self._i
-        args = [P(A), P(B), P(out), i(N), i(I), i(J), i(bool(relu_b))]
+        args = [P(A), P(B), P(out), i(N), i(I), i(J), i(act_b)]
         self._launch("se_outer_kernel", None, self._ew_grid(I * J), (self._cfg["EW_THREADS"],), stream, args)
 
     def se_scale(self, dtype, x, gate, out, numel, C, cs, CHW, stream):

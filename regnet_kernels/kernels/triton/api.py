@@ -3,6 +3,7 @@
 tail, the input shift of the large-mean fp32 path)."""
 from __future__ import annotations
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.api import Kernels
 from regnet_kernels.kernels.triton import block as _blk
 from regnet_kernels.kernels.triton import bn as _bn
@@ -17,10 +18,10 @@ class TritonKernels(Kernels):
         return t  # the launchers read any collapsible strides (copying what is not) and any float dtype
 
     # -- convolution
-    def conv_forward(self, x, weight, stride, padding, groups, *, stats=False, eval_bn=None, relu=False, **extra):
+    def conv_forward(self, x, weight, stride, padding, groups, *, stats=False, eval_bn=None, act=Act.NONE, **extra):
         post_bn = tuple(eval_bn) if eval_bn is not None else None
         y, part_mean, part_m2, rows = _conv.conv2d_fwd(x, weight, stride, padding, groups, stats=stats,
-                                                       post_bn=post_bn, post_relu=relu, **extra)
+                                                       post_bn=post_bn, act=act, **extra)
         return y, ((part_mean, part_m2, rows) if stats else None)
 
     def conv_dgrad(self, dy, weight, x_shape, stride, padding, groups, *, like, **extra):
@@ -39,21 +40,21 @@ class TritonKernels(Kernels):
         part_mean, part_m2, rows = partials
         return _bn.bn_finalize(part_mean, part_m2, count, rows, gamma, beta, eps)
 
-    def bn_act(self, y, mean, scale, bias, relu):
-        return _bn.bn_act(y, (mean, scale, bias), relu)
+    def bn_act(self, y, mean, scale, bias, act):
+        return _bn.bn_act(y, (mean, scale, bias), act)
 
-    def bn_bwd_reduce(self, dout, src, *, train, relu, stats=None, write_dz=False, **extra):
+    def bn_bwd_reduce(self, dout, src, *, train, act, stats=None, write_dz=False, **extra):
         mean, invstd, scale, bias = stats if stats is not None else (None,) * 4
-        return _bn.bn_bwd_reduce(dout, src, train=train, relu=relu, mean=mean, invstd=invstd, scale=scale, bias=bias,
+        return _bn.bn_bwd_reduce(dout, src, train=train, act=act, mean=mean, invstd=invstd, scale=scale, bias=bias,
                                  write_dz=write_dz, **extra)
 
-    def bn_bwd_dy(self, dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu, count, **extra):
-        return _bn.bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu, count, **extra)
+    def bn_bwd_dy(self, dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, act, count, **extra):
+        return _bn.bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, act, count, **extra)
 
     def bn_running_update(self, running_mean, running_var, num_batches_tracked, mean, var_unb, momentum, cumulative):
         _bn.bn_running_update(running_mean, running_var, num_batches_tracked, mean, var_unb, momentum, cumulative)
 
-    # -- squeeze-excitation (Triton extras on pool / dgate: ``pre_affine``, ``pre_relu``)
+    # -- squeeze-excitation (Triton extras on pool / dgate: ``pre_affine``, ``pre_act``)
     def se_pool(self, x, **extra):
         return _se.se_pool(x, **extra)
 

@@ -13,28 +13,8 @@ import triton.language as tl
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.triton.bn import collapsible, pixel_strides
-from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
-
-
-@triton.jit
-def _tile(pid_m, pid_c, M, C, HW, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_m < M)[:, None] & c_ok[None, :]
-    n = (offs_m // HW).to(tl.int64)
-    hw = offs_m % HW
-    return offs_c, c_ok, mask, n, hw
-
-
-@triton.jit
-def _ld(ptr, n, hw, c, sn, shw, sc, mask):
-    return tl.load(ptr + (n * sn + hw * shw)[:, None] + c[None, :] * sc, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _vec(ptr, c, c_ok):
-    return tl.load(ptr + c, mask=c_ok, other=0.0)[None, :]
+from regnet_kernels.kernels.triton.common import ACT_RELU, act_grad, apply_act, store_tile
+from regnet_kernels.kernels.triton.common import bn_vec as _vec, load_tile as _ld, pixel_tile as _tile
 
 
 @triton.jit
@@ -50,9 +30,8 @@ def block_tail_fwd_kernel(
     s = _ld(sc_ptr, n, hw, c, s_sn, s_shw, s_sc, mask)
     if HAS_PROJ:
         s = (s - _vec(mp_ptr, c, c_ok)) * _vec(kp_ptr, c, c_ok) + _vec(bp_ptr, c, c_ok)
-    out = relu(z + s)
-    tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + c[None, :] * s_oc, cast_to(out, out_ptr.dtype.element_ty),
-             mask=mask)
+    out = apply_act(z + s, ACT_RELU)  # the block tail is ReLU by definition
+    store_tile(out_ptr, n, hw, c, s_on, s_ohw, s_oc, out, mask)
 
 
 @triton.jit
@@ -70,7 +49,7 @@ def _tail_grad(dout_ptr, yc_ptr, sc_ptr, n, hw, c, c_ok, mask,
         xp = (s - mp) * _vec(ip_ptr, c, c_ok)
         s = (s - mp) * _vec(kp_ptr, c, c_ok) + _vec(bp_ptr, c, c_ok)
     g = _ld(dout_ptr, n, hw, c, s_gn, s_ghw, s_gc, mask)
-    g = tl.where(mask, relu_grad(g, z + s), 0.0)
+    g = tl.where(mask, act_grad(g, z + s, ACT_RELU), 0.0)
     xc = (yc - mc) * _vec(ic_ptr, c, c_ok)
     return g, xc, xp
 
@@ -111,14 +90,12 @@ def block_tail_bwd_dy_kernel(
                            s_gn, s_gc, s_ghw, s_cn, s_cc, s_chw, s_sn, s_sc, s_shw, HAS_PROJ)
     a = _vec(sums_ptr, c, c_ok) * inv_count
     dyc = _vec(kc_ptr, c, c_ok) * (g - a - xc * _vec(sums_ptr + C, c, c_ok) * inv_count)
-    tl.store(dyc_ptr + (n * s_dn + hw * s_dhw)[:, None] + c[None, :] * s_dc, cast_to(dyc, dyc_ptr.dtype.element_ty),
-             mask=mask)
+    store_tile(dyc_ptr, n, hw, c, s_dn, s_dhw, s_dc, dyc, mask)
     if HAS_PROJ:
         d = _vec(kp_ptr, c, c_ok) * (g - a - xp * _vec(sums_ptr + 2 * C, c, c_ok) * inv_count)
     else:
         d = g
-    tl.store(dsc_ptr + (n * s_en + hw * s_ehw)[:, None] + c[None, :] * s_ec, cast_to(d, dsc_ptr.dtype.element_ty),
-             mask=mask)
+    store_tile(dsc_ptr, n, hw, c, s_en, s_ehw, s_ec, d, mask)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,10 +11,22 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.kernels.triton.common import cast_to, relu, relu_grad
+from regnet_kernels.kernels.activation import Act
+from regnet_kernels.kernels.triton.common import act_grad, bn_act_tile, load_tile, pixel_tile, store_tile
 from regnet_kernels.kernels.triton.runtime import launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.geometry import memory_format_of
+
+
+@triton.jit
+def _partial_rows(t0, T, M_TOTAL, ROWS_PER_TILE, C, part_mean_ptr, offs_c, c_ok, BLOCK_T: tl.constexpr):
+    # Tiles t0 .. t0 + BLOCK_T of the conv's partials: (t, row counts n_t, mask, tile means), fp32
+    t = t0 + tl.arange(0, BLOCK_T)
+    t_ok = t < T
+    cnt = tl.where(t_ok, tl.minimum(ROWS_PER_TILE, M_TOTAL - t * ROWS_PER_TILE), 0).to(tl.float32)
+    msk = t_ok[:, None] & c_ok[None, :]
+    mu = tl.load(part_mean_ptr + t[:, None] * C + offs_c[None, :], mask=msk, other=0.0)
+    return t, cnt, msk, mu
 
 
 @triton.jit
@@ -36,20 +48,12 @@ def bn_finalize_kernel(
     k_ref = tl.load(part_mean_ptr + offs_c, mask=c_ok, other=0.0)
     s1 = tl.zeros((BLOCK_C,), tl.float32)
     for t0 in range(0, T, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        t_ok = t < T
-        cnt = tl.where(t_ok, tl.minimum(ROWS_PER_TILE, M_TOTAL - t * ROWS_PER_TILE), 0).to(tl.float32)
-        msk = t_ok[:, None] & c_ok[None, :]
-        mu = tl.load(part_mean_ptr + t[:, None] * C + offs_c[None, :], mask=msk, other=0.0)
+        _, cnt, msk, mu = _partial_rows(t0, T, M_TOTAL, ROWS_PER_TILE, C, part_mean_ptr, offs_c, c_ok, BLOCK_T)
         s1 += tl.sum(tl.where(msk, cnt[:, None] * (mu - k_ref[None, :]), 0.0), axis=0)
     mean_a = k_ref + s1 / n_tot
     m2_a = tl.zeros((BLOCK_C,), tl.float32)
     for t0 in range(0, T, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        t_ok = t < T
-        cnt = tl.where(t_ok, tl.minimum(ROWS_PER_TILE, M_TOTAL - t * ROWS_PER_TILE), 0).to(tl.float32)
-        msk = t_ok[:, None] & c_ok[None, :]
-        mu = tl.load(part_mean_ptr + t[:, None] * C + offs_c[None, :], mask=msk, other=0.0)
+        t, cnt, msk, mu = _partial_rows(t0, T, M_TOTAL, ROWS_PER_TILE, C, part_mean_ptr, offs_c, c_ok, BLOCK_T)
         m2 = tl.load(part_m2_ptr + t[:, None] * C + offs_c[None, :], mask=msk, other=0.0)
         dm = tl.where(msk, mu - mean_a[None, :], 0.0)
         m2_a += tl.sum(m2, axis=0) + tl.sum(cnt[:, None] * dm * dm, axis=0)
@@ -99,46 +103,29 @@ def bn_running_update_kernel(
 def bn_act_kernel(
     y_ptr, out_ptr, mean_ptr, scale_ptr, bias_ptr, M, C, HW,
     s_yn, s_yc, s_yhw, s_on, s_oc, s_ohw,
-    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_ok = offs_m < M
-    c_ok = offs_c < C
-    n = (offs_m // HW).to(tl.int64)
-    hw = offs_m % HW
-    mask = m_ok[:, None] & c_ok[None, :]
-    y = tl.load(y_ptr + (n * s_yn + hw * s_yhw)[:, None] + offs_c[None, :] * s_yc, mask=mask, other=0.0)
-    mu = tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0)
-    s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
-    b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-    z = (y.to(tl.float32) - mu[None, :]) * s[None, :] + b[None, :]
-    if RELU:
-        z = relu(z)
-    tl.store(out_ptr + (n * s_on + hw * s_ohw)[:, None] + offs_c[None, :] * s_oc,
-             cast_to(z, out_ptr.dtype.element_ty), mask=mask)
+    c, c_ok, mask, n, hw = pixel_tile(tl.program_id(0), tl.program_id(1), M, C, HW, BLOCK_M, BLOCK_C)
+    y = load_tile(y_ptr, n, hw, c, s_yn, s_yhw, s_yc, mask)
+    z = bn_act_tile(y, c, c_ok, mean_ptr, scale_ptr, bias_ptr, True, ACT)
+    store_tile(out_ptr, n, hw, c, s_on, s_ohw, s_oc, z, mask)
 
 
 @triton.jit
-def _incoming_grad(pid_m, pid_c, dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
-                   HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    # A (pixels x channels) tile of the gradient reaching a BatchNorm + ReLU output, in fp32: dout, or
-    # inside a fused block dout * gate[n, c] + dpooled[n, c] / HW (the squeeze-excitation backward).
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_m < M)[:, None] & c_ok[None, :]
-    n = (offs_m // HW).to(tl.int64)
-    hw = offs_m % HW
-    g = tl.load(dout_ptr + (n * s_gn + hw * s_ghw)[:, None] + offs_c[None, :] * s_gc, mask=mask, other=0.0)
-    g = g.to(tl.float32)
+def _grad_tile(pid_m, pid_c, dout_ptr, src_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
+               s_sn, s_sc, s_shw,
+               HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    # A (pixels x channels) tile of the gradient reaching a BatchNorm + activation output, in fp32: dout, or
+    # inside a fused block dout * gate[n, c] + dpooled[n, c] / HW (the squeeze-excitation backward); and the
+    # same tile of the saved tensor src (fp32) it is taken back through.
+    offs_c, c_ok, mask, n, hw = pixel_tile(pid_m, pid_c, M, C, HW, BLOCK_M, BLOCK_C)
+    g = load_tile(dout_ptr, n, hw, offs_c, s_gn, s_ghw, s_gc, mask)
     if HAS_GATE:
         g = g * tl.load(gate_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
     if HAS_DPOOL:
         g = g + tl.load(dpool_ptr + n[:, None] * C + offs_c[None, :], mask=mask, other=0.0) * inv_hw
-    return offs_c, c_ok, mask, n, hw, g
+    v = load_tile(src_ptr, n, hw, offs_c, s_sn, s_shw, s_sc, mask)
+    return offs_c, c_ok, mask, n, hw, g, v
 
 
 @triton.jit
@@ -146,39 +133,36 @@ def bn_bwd_reduce_kernel(
     dout_ptr, src_ptr, dz_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, gate_ptr, dpool_ptr,
     part_dz_ptr, part_dzx_ptr, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_sn, s_sc, s_shw, s_zn, s_zc, s_zhw,
-    RELU: tl.constexpr, TRAIN: tl.constexpr, WRITE_DZ: tl.constexpr,
+    ACT: tl.constexpr, TRAIN: tl.constexpr, WRITE_DZ: tl.constexpr,
     HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # dz = dout * relu'(z): in training z = (y - mean)*scale + bias is recomputed from the saved pre-BN
-    # conv output y (src); in eval src is the saved output (relu' = out > 0). Per-tile partial sums
+    # dz = dout * act'(z): in training z = (y - mean)*scale + bias is recomputed from the saved pre-BN
+    # conv output y (src); in eval src is the saved output (ReLU's mask out > 0 is z > 0; an activation
+    # whose gradient needs z itself must recompute it here). Per-tile partial sums
     # of dz and (training) dz * xhat with xhat = (y - mean) * invstd: dbeta and dgamma, and the two
     # reductions BatchNorm's input gradient needs. Inside a fused block the incoming gradient first goes
     # through the squeeze-excitation scale: dout * gate[n, c] + dpooled[n, c] / HW.
     pid_m = tl.program_id(0)
-    offs_c, c_ok, mask, n, hw, g = _incoming_grad(
-        pid_m, tl.program_id(1), dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
-        HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
-    v = tl.load(src_ptr + (n * s_sn + hw * s_shw)[:, None] + offs_c[None, :] * s_sc, mask=mask, other=0.0)
-    v = v.to(tl.float32)
+    offs_c, c_ok, mask, n, hw, g, v = _grad_tile(
+        pid_m, tl.program_id(1), dout_ptr, src_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
+        s_sn, s_sc, s_shw, HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
     if TRAIN:
         mu = tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0)
         rs = tl.load(invstd_ptr + offs_c, mask=c_ok, other=0.0)
-        if RELU:
+        if ACT:
             s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
             b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-            g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
+            g = act_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :], ACT)
         xhat = (v - mu[None, :]) * rs[None, :]
         g = tl.where(mask, g, 0.0)
         tl.store(part_dzx_ptr + pid_m * C + offs_c, tl.sum(g * xhat, axis=0), mask=c_ok)
     else:
-        if RELU:
-            g = relu_grad(g, v)
+        g = act_grad(g, v, ACT)
         g = tl.where(mask, g, 0.0)
     tl.store(part_dz_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=c_ok)
     if WRITE_DZ:
-        tl.store(dz_ptr + (n * s_zn + hw * s_zhw)[:, None] + offs_c[None, :] * s_zc,
-                 cast_to(g, dz_ptr.dtype.element_ty), mask=mask)
+        store_tile(dz_ptr, n, hw, offs_c, s_zn, s_zhw, s_zc, g, mask)
 
 
 @triton.jit
@@ -186,29 +170,25 @@ def bn_bwd_dy_kernel(
     dout_ptr, y_ptr, dy_ptr, mean_ptr, invstd_ptr, scale_ptr, bias_ptr, sum_dz_ptr, sum_dzx_ptr,
     gate_ptr, dpool_ptr, inv_count, M, C, HW, inv_hw,
     s_gn, s_gc, s_ghw, s_yn, s_yc, s_yhw, s_dn, s_dc, s_dhw,
-    RELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
+    ACT: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DPOOL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Gradient w.r.t. the pre-BN conv output (batch statistics):
     #   dy = scale * (dz - mean(dz) - xhat * mean(dz * xhat)),   scale = gamma * invstd
-    pid_m = tl.program_id(0)
-    offs_c, c_ok, mask, n, hw, g = _incoming_grad(
-        pid_m, tl.program_id(1), dout_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc, s_ghw,
-        HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
-    v = tl.load(y_ptr + (n * s_yn + hw * s_yhw)[:, None] + offs_c[None, :] * s_yc, mask=mask, other=0.0)
-    v = v.to(tl.float32)
+    offs_c, c_ok, mask, n, hw, g, v = _grad_tile(
+        tl.program_id(0), tl.program_id(1), dout_ptr, y_ptr, gate_ptr, dpool_ptr, M, C, HW, inv_hw, s_gn, s_gc,
+        s_ghw, s_yn, s_yc, s_yhw, HAS_GATE, HAS_DPOOL, BLOCK_M, BLOCK_C)
     s = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)
     mu = tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0)
     rs = tl.load(invstd_ptr + offs_c, mask=c_ok, other=0.0)
-    if RELU:
+    if ACT:
         b = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0)
-        g = relu_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :])
+        g = act_grad(g, (v - mu[None, :]) * s[None, :] + b[None, :], ACT)
     a = tl.load(sum_dz_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     b = tl.load(sum_dzx_ptr + offs_c, mask=c_ok, other=0.0) * inv_count
     xhat = (v - mu[None, :]) * rs[None, :]
     dy = s[None, :] * (g - a[None, :] - xhat * b[None, :])
-    tl.store(dy_ptr + (n * s_dn + hw * s_dhw)[:, None] + offs_c[None, :] * s_dc,
-             cast_to(dy, dy_ptr.dtype.element_ty), mask=mask)
+    store_tile(dy_ptr, n, hw, offs_c, s_dn, s_dhw, s_dc, dy, mask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,7 +241,7 @@ def bn_running_update(running_mean, running_var, num_batches_tracked, mean, var_
     )
 
 
-def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> torch.Tensor:
+def bn_act(y: torch.Tensor, affine, act: Act, out: torch.Tensor = None) -> torch.Tensor:
     """``act((y - mean) * scale + bias)`` with ``affine = (mean, scale, bias)``."""
     N, C, H, W = y.shape
     if out is None:
@@ -270,17 +250,17 @@ def bn_act(y: torch.Tensor, affine, relu: bool, out: torch.Tensor = None) -> tor
     BM, BC, nw, ns = _cfg.ew_config(M, C, target(y.device))
     launch(bn_act_kernel, (triton.cdiv(M, BM), triton.cdiv(C, BC)), y.device)(
         y, out, *affine, M, C, H * W, *pixel_strides(y), *pixel_strides(out),
-        RELU=relu, BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
+        ACT=int(act), BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
     )
     return out
 
 
-def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None, scale=None, bias=None,
+def bn_bwd_reduce(dout, src, *, train: bool, act: Act, mean=None, invstd=None, scale=None, bias=None,
                   write_dz: bool = False, gate=None, dpooled=None):
     """Returns ``(sum_dz, sum_dz_xhat | None, dz | None)``, sums in fp32 over N, H, W.
 
     ``gate`` / ``dpooled`` ((N, C) fp32): the incoming gradient is ``dout * gate + dpooled / HW`` (the
-    squeeze-excitation backward) before the ReLU mask.
+    squeeze-excitation backward) before the activation's gradient.
     """
     N, C, H, W = src.shape
     M = N * H * W
@@ -297,14 +277,14 @@ def bn_bwd_reduce(dout, src, *, train: bool, relu: bool, mean=None, invstd=None,
         gate if gate is not None else f32, dpooled if dpooled is not None else f32,
         part[0], part[1] if train else part[0], M, C, H * W, 1.0 / (H * W),
         *pixel_strides(dout), *pixel_strides(src), *pixel_strides(dz if write_dz else dout),
-        RELU=relu, TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
+        ACT=int(act), TRAIN=train, WRITE_DZ=write_dz, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None,
         BLOCK_M=BM, BLOCK_C=BC, num_warps=nw, num_stages=ns,
     )
     # separate reductions: the sums become op outputs, which must not share storage
     return part[0].sum(0), (part[1].sum(0) if train else None), dz
 
 
-def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, count: int, gate=None,
+def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, act: Act, count: int, gate=None,
               dpooled=None, out_dtype=None) -> torch.Tensor:
     N, C, H, W = y.shape
     M = N * H * W
@@ -316,7 +296,7 @@ def bn_bwd_dy(dout, y, mean, invstd, scale, bias, sum_dz, sum_dzx, relu: bool, c
         gate if gate is not None else mean, dpooled if dpooled is not None else mean,
         1.0 / count, M, C, H * W, 1.0 / (H * W),
         *pixel_strides(dout), *pixel_strides(y), *pixel_strides(dy),
-        RELU=relu, HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
+        ACT=int(act), HAS_GATE=gate is not None, HAS_DPOOL=dpooled is not None, BLOCK_M=BM, BLOCK_C=BC,
         num_warps=nw, num_stages=ns,
     )
     return dy

@@ -8,9 +8,9 @@ channel's group differs from the output channel's. For group width 8 and ``BLOCK
 four groups in one 32-wide MMA instead of four 16-padded ones.
 
 Fusion hooks:
-- prologue (forward and weight-gradient, on the conv *input*): ``relu((x - pre_mean[c]) * pre_scale[c]
-  + pre_bias[c]) * gate[n, c]`` so that a previous BatchNorm + ReLU and the squeeze-excitation scale are applied as
-  the input is loaded and never written;
+- prologue (forward and weight-gradient, on the conv *input*): ``pre_act((x - pre_mean[c]) * pre_scale[c]
+  + pre_bias[c]) * gate[n, c]`` so that a previous BatchNorm + activation and the squeeze-excitation scale are
+  applied as the input is loaded and never written;
 - forward epilogue: eval BatchNorm straight from its buffers,
   ``act((acc - running_mean[c]) * gamma[c] / sqrt(running_var[c] + eps) + beta[c])`` in fp32 (no separate
   kernels to fold the parameters: a launch per BN matters at small batch), and
@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet_kernels.kernels.triton.common import bn_relu_tile, cast_to, relu
+from regnet_kernels.kernels.activation import Act
+from regnet_kernels.kernels.triton.common import apply_act, bn_act_tile, cast_to
 from regnet_kernels.kernels.triton.runtime import dot_in_fp32, ieee_dot, launch, target
 from regnet_kernels.kernels.triton import config as _cfg
 from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of
@@ -35,10 +36,10 @@ from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of
 
 @triton.jit
 def _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, gate_ptr, C_IN,
-                    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr):
+                    PRE_AFFINE: tl.constexpr, PRE_ACT: tl.constexpr, PRE_GATE: tl.constexpr):
     # a: [ROWS, BLOCK_K] raw input values; returns fp32 values of the *effective* conv input, with
     # zeros wherever the load was masked (conv zero-padding applies to the effective input).
-    af = bn_relu_tile(a.to(tl.float32), ci, ci_ok, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, PRE_AFFINE, PRE_RELU)
+    af = bn_act_tile(a.to(tl.float32), ci, ci_ok, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr, PRE_AFFINE, PRE_ACT)
     if PRE_GATE:
         g = tl.load(gate_ptr + n_idx[:, None] * C_IN + ci[None, :], mask=a_mask, other=0.0)
         af = af * g
@@ -128,9 +129,9 @@ def conv_fwd_kernel(
     swo, swi, swh, sww,
     CIN_G, COUT_G,
     STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
+    PRE_AFFINE: tl.constexpr, PRE_ACT: tl.constexpr, PRE_GATE: tl.constexpr,
     POST_BN: tl.constexpr, BN_GAMMA: tl.constexpr, BN_BETA: tl.constexpr,
-    HAS_RES: tl.constexpr, POST_RELU: tl.constexpr, STATS: tl.constexpr,
+    HAS_RES: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     VEC: tl.constexpr = 1, VEC_W: tl.constexpr = 1, VEC_Y: tl.constexpr = 1,
@@ -169,9 +170,9 @@ def conv_fwd_kernel(
                 ci_ok = ci < ci_end
                 a_mask = row_ok[:, None] & ci_ok[None, :]
                 a = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=a_mask, other=0.0)
-                if PRE_AFFINE or PRE_RELU or PRE_GATE:
+                if PRE_AFFINE or PRE_ACT or PRE_GATE:
                     a = _apply_prologue(a, a_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
-                                        gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_RELU, PRE_GATE)
+                                        gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_ACT, PRE_GATE)
                     a = cast_to(a, x_ptr.dtype.element_ty)
                 # block-diagonal weight tile: zero where input and output channel groups differ
                 ci_l = ci[:, None] - g_of_n[None, :] * cig
@@ -191,8 +192,7 @@ def conv_fwd_kernel(
     if HAS_RES:  # residual add (the block tail in eval mode), before the final activation
         r_row = res_ptr + n_idx.to(tl.int64) * srn + ho * srh + wo * srw
         acc += tl.load(r_row[:, None] + offs_n[None, :] * src, mask=mask, other=0.0).to(tl.float32)
-    if POST_RELU:
-        acc = relu(acc)
+    acc = apply_act(acc, ACT)
     out = cast_to(acc, y_ptr.dtype.element_ty)
     y_row = y_ptr + n_idx.to(tl.int64) * syn + ho * syh + wo * syw
     tl.store(y_row[:, None] + offs_n[None, :] * syc, out, mask=mask)
@@ -284,7 +284,7 @@ def conv_wgrad_kernel(
     sdn, sdc, sdh, sdw,
     CIN_G, COUT_G, M_PER_SPLIT,
     STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    PRE_AFFINE: tl.constexpr, PRE_RELU: tl.constexpr, PRE_GATE: tl.constexpr,
+    PRE_AFFINE: tl.constexpr, PRE_ACT: tl.constexpr, PRE_GATE: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_M: tl.constexpr,
     VEC: tl.constexpr = 1, VEC_DY: tl.constexpr = 1,
@@ -333,9 +333,9 @@ def conv_wgrad_kernel(
                      + wi * _aligned(sxw, VEC))
             b_mask = row_ok[:, None] & ci_ok[None, :]
             b = tl.load(x_row[:, None] + ci[None, :] * sxc, mask=b_mask, other=0.0)
-            if PRE_AFFINE or PRE_RELU or PRE_GATE:
+            if PRE_AFFINE or PRE_ACT or PRE_GATE:
                 b = _apply_prologue(b, b_mask, ci, ci_ok, n_idx, pre_mean_ptr, pre_scale_ptr, pre_bias_ptr,
-                                    gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_RELU, PRE_GATE)
+                                    gate_ptr, _aligned(C_IN, VEC), PRE_AFFINE, PRE_ACT, PRE_GATE)
                 b = cast_to(b, x_ptr.dtype.element_ty)
             acc = _mma(a, b.to(a.dtype), acc, DOT_F32, IEEE)
 
@@ -378,11 +378,11 @@ def conv2d_fwd(
     groups: int,
     *,
     pre_affine=None,
-    pre_relu: bool = False,
+    pre_act: Act = Act.NONE,
     gate=None,
     post_bn=None,
     residual: torch.Tensor = None,
-    post_relu: bool = False,
+    act: Act = Act.NONE,
     stats: bool = False,
     out: torch.Tensor = None,
 ):
@@ -423,10 +423,10 @@ def conv2d_fwd(
         *weight.stride(),
         cin_g, cout_g,
         STRIDE=stride, PAD=padding, KH=KH, KW=KW,
-        PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+        PRE_AFFINE=pre_affine is not None, PRE_ACT=int(pre_act), PRE_GATE=gate is not None,
         POST_BN=post_bn is not None, BN_GAMMA=post_bn is not None and post_bn[2] is not None,
         BN_BETA=post_bn is not None and post_bn[3] is not None,
-        HAS_RES=residual is not None, POST_RELU=post_relu, STATS=stats,
+        HAS_RES=residual is not None, ACT=int(act), STATS=stats,
         DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, VEC=channel_vec(x, cin_g), VEC_W=channel_vec(weight, cin_g),
         VEC_Y=min(channel_vec(t, C_out) for t in (out, residual) if t is not None),
@@ -463,7 +463,7 @@ def conv2d_dgrad(dy: torch.Tensor, weight: torch.Tensor, x_shape, stride: int, p
 
 
 def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, padding: int, groups: int,
-                 *, pre_affine=None, pre_relu: bool = False, gate=None) -> torch.Tensor:
+                 *, pre_affine=None, pre_act: Act = Act.NONE, gate=None) -> torch.Tensor:
     """Gradient of the conv weight, fp32, shape ``weight_shape``."""
     N, C_in, H, W = x.shape
     C_out, cin_g, KH, KW = weight_shape
@@ -485,7 +485,7 @@ def conv2d_wgrad(x: torch.Tensor, dy: torch.Tensor, weight_shape, stride: int, p
         *x.stride(), *dy.stride(),
         cin_g, cout_g, m_per_split,
         STRIDE=stride, PAD=padding, KH=KH, KW=KW,
-        PRE_AFFINE=pre_affine is not None, PRE_RELU=pre_relu, PRE_GATE=gate is not None,
+        PRE_AFFINE=pre_affine is not None, PRE_ACT=int(pre_act), PRE_GATE=gate is not None,
         DOT_F32=dot_in_fp32(x.dtype, tgt.interpret), IEEE=ieee_dot(x.dtype),
         BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_M=cfg.block_m,
         VEC=channel_vec(x, cin_g), VEC_DY=channel_vec(dy, C_out),

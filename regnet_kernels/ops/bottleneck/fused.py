@@ -1,6 +1,6 @@
 """Fused RegNet bottleneck, written against the kernel primitives (:class:`regnet_kernels.kernels.api.Kernels`)
 plus the whole-block ones only the Triton kernel set has (``input_shift``, ``shift_offset``, the residual
-``tail_forward`` / ``tail_backward``, and the conv / BN / SE prologue options ``pre_affine``, ``pre_relu``,
+``tail_forward`` / ``tail_backward``, and the conv / BN / SE prologue options ``pre_affine``, ``pre_act``,
 ``gate``, ``residual``, ``add``, ``dpooled``). Every function takes the kernel set ``k`` first
 (:func:`regnet_kernels.ops.dispatch.implementation` binds it).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.api import EvalBN, Kernels, bn_bias, bn_scale
 from regnet_kernels.ops.bottleneck.reference import pack_stats, unpack_stats
 
@@ -44,13 +45,13 @@ def block_train(k: Kernels, x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, b
     pad_b = wb.shape[-1] // 2
     shift = k.input_shift(x)
     ya, st_a, bn_a = _conv_bn(k, x, wa, ga, ba, 1, 0, 1, eps[0], pre_affine=shift)
-    yb, st_b, bn_b = _conv_bn(k, ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_relu=True)
+    yb, st_b, bn_b = _conv_bn(k, ya, wb, gb, bb, stride, pad_b, groups, eps[1], pre_affine=bn_a[:3], pre_act=Act.RELU)
     # distinct empties: op outputs may not alias each other
     pooled, gate = x.new_empty((0,), dtype=torch.float32), x.new_empty((0,), dtype=torch.float32)
     if w1 is not None:
-        pooled = k.se_pool(yb, pre_affine=bn_b[:3], pre_relu=True)
+        pooled = k.se_pool(yb, pre_affine=bn_b[:3], pre_act=Act.RELU)
         gate = k.se_fc(pooled, w1, b1, w2, b2)
-    yc, st_c, bn_c = _conv_bn(k, yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_relu=True,
+    yc, st_c, bn_c = _conv_bn(k, yb, wc, gc, bc, 1, 0, 1, eps[2], pre_affine=bn_b[:3], pre_act=Act.RELU,
                               gate=gate if w1 is not None else None)
     triples, offsets = [st_a, st_b, st_c], [k.shift_offset(wa, shift)]
     yp = bn_p = None
@@ -95,27 +96,27 @@ def block_train_backward(k: Kernels, grad_out, x, params, saved, stride: int, gr
 
     # conv c: its input is relu(BN_b(yb)) * gate, recomputed in the weight-gradient prologue
     dh = k.conv_dgrad(dyc, wc, yb.shape, 1, 0, 1, like=yb)
-    g["wc"] = _wgrad(k, yb, dyc, wc.shape, 1, 0, 1, pre_affine=bn_b[:3], pre_relu=True,
+    g["wc"] = _wgrad(k, yb, dyc, wc.shape, 1, 0, 1, pre_affine=bn_b[:3], pre_act=Act.RELU,
                      gate=gate if has_se else None)
     dpooled = None
     if has_se:
-        dgate = k.se_dgate(dh, yb, pre_affine=bn_b[:3], pre_relu=True)
+        dgate = k.se_dgate(dh, yb, pre_affine=bn_b[:3], pre_act=Act.RELU)
         dpooled, g["w1"], g["b1"], g["w2"], g["b2"] = k.se_fc_backward(
             pooled, gate, dgate, w1, b1, w2, (True, b1 is not None, True, b2 is not None))
 
     # BN_b + ReLU backward, with the SE scale and pool gradients folded into the incoming gradient
     se_kw = {"gate": gate, "dpooled": dpooled} if has_se else {}
     mb, kb, cb, ib = bn_b
-    s_dz, s_dzx, _ = k.bn_bwd_reduce(dh, yb, train=True, relu=True, stats=(mb, ib, kb, cb), **se_kw)
+    s_dz, s_dzx, _ = k.bn_bwd_reduce(dh, yb, train=True, act=Act.RELU, stats=(mb, ib, kb, cb), **se_kw)
     g["gb"], g["bb"] = s_dzx, s_dz
     dyb = k.bn_bwd_dy(dh, yb, mb, ib, kb, cb, s_dz, s_dzx, True, yb.numel() // yb.shape[1], **se_kw)
 
     # conv b (grouped, strided): input relu(BN_a(ya)) recomputed in the prologue
     d_act_a = k.conv_dgrad(dyb, wb, ya.shape, stride, pad_b, groups, like=ya)
-    g["wb"] = _wgrad(k, ya, dyb, wb.shape, stride, pad_b, groups, pre_affine=bn_a[:3], pre_relu=True)
+    g["wb"] = _wgrad(k, ya, dyb, wb.shape, stride, pad_b, groups, pre_affine=bn_a[:3], pre_act=Act.RELU)
 
     ma, ka, ca, ia = bn_a
-    s_dz, s_dzx, _ = k.bn_bwd_reduce(d_act_a, ya, train=True, relu=True, stats=(ma, ia, ka, ca))
+    s_dz, s_dzx, _ = k.bn_bwd_reduce(d_act_a, ya, train=True, act=Act.RELU, stats=(ma, ia, ka, ca))
     g["ga"], g["ba"] = s_dzx, s_dz
     dya = k.bn_bwd_dy(d_act_a, ya, ma, ia, ka, ca, s_dz, s_dzx, True, ya.numel() // ya.shape[1])
 
@@ -143,8 +144,8 @@ def block_train_backward(k: Kernels, grad_out, x, params, saved, stride: int, gr
 def block_eval(k: Kernels, x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc, gc, bc, rmc, rvc,
                wp, gp, bp, rmp, rvp, stride: int, groups: int, eps):
     pad_b = wb.shape[-1] // 2
-    act_a = k.conv_forward(x, wa, 1, 0, 1, eval_bn=EvalBN(rma, rva, ga, ba, eps[0]), relu=True)[0]
-    act_b = k.conv_forward(act_a, wb, stride, pad_b, groups, eval_bn=EvalBN(rmb, rvb, gb, bb, eps[1]), relu=True)[0]
+    act_a = k.conv_forward(x, wa, 1, 0, 1, eval_bn=EvalBN(rma, rva, ga, ba, eps[0]), act=Act.RELU)[0]
+    act_b = k.conv_forward(act_a, wb, stride, pad_b, groups, eval_bn=EvalBN(rmb, rvb, gb, bb, eps[1]), act=Act.RELU)[0]
     gate = None
     if w1 is not None:
         gate = k.se_fc(k.se_pool(act_b), w1, b1, w2, b2)
@@ -153,4 +154,4 @@ def block_eval(k: Kernels, x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1
     else:
         short = x
     return k.conv_forward(act_b, wc, 1, 0, 1, gate=gate, eval_bn=EvalBN(rmc, rvc, gc, bc, eps[2]), residual=short,
-                          relu=True)[0]
+                          act=Act.RELU)[0]

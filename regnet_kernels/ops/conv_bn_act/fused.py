@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from regnet_kernels import distributed as _dist
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.api import EvalBN, Kernels, bn_bias, bn_scale, eval_affine, f32
 
 __all__ = ["conv_bn_act_train", "conv_bn_act_train_backward", "conv_bn_act_eval", "conv_bn_act_eval_backward",
@@ -37,7 +38,7 @@ def conv_bn_act_train(k: Kernels, x, weight, gamma, beta, stride: int, padding: 
         mean, var_unb = mean.contiguous(), var_unb.contiguous()
         invstd = torch.rsqrt(var + eps)
         scale = bn_scale(gamma, invstd)
-    out = k.bn_act(y, mean, scale, bias, relu)
+    out = k.bn_act(y, mean, scale, bias, Act.from_relu(relu))
     return out, y, mean, invstd, var_unb
 
 
@@ -49,14 +50,14 @@ def conv_bn_act_train_backward(k: Kernels, grad_out, x, weight, y, mean, invstd,
     mean, invstd = f32(mean), f32(invstd)
     stats = (mean, invstd, bn_scale(gamma, invstd), bn_bias(beta, mean))
     go = k.as_operand(grad_out, y)
-    sum_dz, sum_dzx, _ = k.bn_bwd_reduce(go, y, train=True, relu=relu, stats=stats)
+    sum_dz, sum_dzx, _ = k.bn_bwd_reduce(go, y, train=True, act=Act.from_relu(relu), stats=stats)
     s_dz, s_dzx, count = sum_dz, sum_dzx, _per_channel_count(y)
     if group is not None:  # pre-divided global sums (the total count is a device tensor)
         g_dz, g_dzx, n = _dist.sync_sums(sum_dz, sum_dzx, count, group)
         s_dz, s_dzx, count = (g_dz / n).contiguous(), (g_dzx / n).contiguous(), 1
     dx = dw = None
     if output_mask[0] or output_mask[1]:
-        dy = k.bn_bwd_dy(go.to(y.dtype), y, *stats, s_dz, s_dzx, relu, count)
+        dy = k.bn_bwd_dy(go.to(y.dtype), y, *stats, s_dz, s_dzx, Act.from_relu(relu), count)
         if output_mask[0]:
             dx = k.conv_dgrad(dy, weight, x.shape, stride, padding, groups, like=x)
         if output_mask[1]:
@@ -74,7 +75,7 @@ def conv_bn_act_eval(k: Kernels, x, weight, gamma, beta, running_mean, running_v
                      groups: int, eps: float, relu: bool):
     """``act((conv(x) - running_mean) * gamma / sqrt(running_var + eps) + beta)`` in one launch."""
     out, _ = k.conv_forward(x, weight, stride, padding, groups,
-                            eval_bn=EvalBN(running_mean, running_var, gamma, beta, eps), relu=relu)
+                            eval_bn=EvalBN(running_mean, running_var, gamma, beta, eps), act=Act.from_relu(relu))
     return out
 
 
@@ -85,7 +86,7 @@ def conv_bn_act_eval_backward(k: Kernels, grad_out, x, weight, out, gamma, beta,
     invstd, rm, scale, _ = eval_affine(EvalBN(running_mean, running_var, gamma, beta, eps))
     need_wf = output_mask[1] or (gamma is not None and output_mask[2])
     go = k.as_operand(grad_out.to(out.dtype), out)
-    sum_dz, _, dz = k.bn_bwd_reduce(go, out, train=False, relu=relu, write_dz=output_mask[0] or need_wf)
+    sum_dz, _, dz = k.bn_bwd_reduce(go, out, train=False, act=Act.from_relu(relu), write_dz=output_mask[0] or need_wf)
     dx = dw = dwf = dgamma = None
     if output_mask[0]:
         w_scaled = (weight.float() * scale[:, None, None, None]).to(weight.dtype)
