@@ -58,7 +58,7 @@ a few).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from regnet_kernels.benchmark import costs as _costs
 from regnet_kernels.benchmark.costs import *  # noqa: F401,F403  (re-exported: listed once in costs.__all__)
@@ -298,8 +298,6 @@ def model_traffic(
 
     h = stem.h_out
     for b in params.blocks():
-        group = f"stage{b.stage}"
-        pre = b.name
         a = ConvShape(n, b.width_in, h, h, b.bottleneck_width, kernel=1)
         bconv = ConvShape(n, b.bottleneck_width, h, h, b.bottleneck_width, kernel=3, stride=b.stride,
                           groups=b.bottleneck_width // b.group_width)
@@ -310,89 +308,9 @@ def model_traffic(
         n_params += sum(s.weight_elems + 2 * s.c_out for s in (a, bconv, c) + ((proj,) if proj else ()))
         if b.se_width:
             n_params += 2 * b.bottleneck_width * b.se_width + b.se_width + b.bottleneck_width
-        e = net.e
-        x_b, s_b = a.in_elems * e, c.out_elems * e  # block input, block output
-        big_b = bconv.out_elems * e  # conv b's output
-        vec = n * b.bottleneck_width  # pooled / gate elements
-
-        if eff_regime == "eager":
-            net.add(f"{pre}.a", group, net.eager_cba(a))
-            net.add(f"{pre}.b", group, net.eager_cba(bconv))
-            if b.se_width:
-                net.add(f"{pre}.se", group, net.eager_se(n, b.bottleneck_width, ho * ho, b.se_width))
-            net.add(f"{pre}.c", group, net.eager_cba(c))
-            if proj:
-                net.add(f"{pre}.proj", group, net.eager_cba(proj))
-            ks = net.eager_pointwise("add", c.out_elems, n_in=2) + net.eager_pointwise("relu", c.out_elems)
-            if net.train:
-                ks += [Kernel("relu_bwd", read=2 * s_b, write=s_b, phase="bwd"),
-                       Kernel("grad_accumulate", read=2 * x_b, write=x_b, phase="bwd")]  # shortcut + f
-            net.add(f"{pre}.add", group, ks)
-
-        elif eff_regime == "fused" and not net.train:
-            net.add(f"{pre}.a", group, net.fused_conv_fwd(a))
-            # SE pool partial sums (fp32) ride in conv b's epilogue
-            net.add(f"{pre}.b", group, net.fused_conv_fwd(bconv) if not b.se_width else
-                    [Kernel("conv", read=a.out_elems * e, write=big_b + 4 * vec, weight=bconv.weight_elems * e
-                            + BN_CHANNEL_BYTES * bconv.c_out, flops=2 * bconv.macs)])
-            if b.se_width:
-                net.add(f"{pre}.se", group, [_se_fc_kernel(n, b.bottleneck_width, b.se_width, e)])
-            if proj:
-                net.add(f"{pre}.proj", group, net.fused_conv_fwd(proj))
-            # conv c: gate applied on load, BN + shortcut + ReLU in the epilogue (reads the shortcut)
-            gate = 4 * vec if b.se_width else 0
-            net.add(f"{pre}.c", group, net.fused_conv_fwd(c, extra_read=(s_b if proj else x_b) + gate))
-
-        elif eff_regime == "fused":  # training
-            # forward: each conv writes its pre-BN output; consumers normalise on load
-            net_a = net.fused_conv_fwd(a)
-            net_b = net.fused_conv_fwd(bconv)
-            net_c = net.fused_conv_fwd(c, extra_read=4 * vec if b.se_width else 0)
-            # tail pass relu(BN(c) + shortcut): c's statistics are needed first
-            tail = Kernel("tail", read=s_b + (s_b if proj else x_b), write=s_b)
-            # backward: incoming gradient G_S; the tail ReLU mask needs the block output S
-            mask = s_b
-            c_bwd = net.fused_conv_bwd(c, mask_reads=mask, dgrad_extra_read=big_b if b.se_width else 0)
-            # conv c's dgrad writes the gradient w.r.t. the gated b output; its epilogue reduces
-            # the SE gate's gradient (reading b's output, above) and, without SE, b's BN reduction
-            if b.se_width:
-                b_bwd = net.fused_conv_bwd(bconv, reduce_in_epilogue=False)
-            else:
-                b_bwd = net.fused_conv_bwd(bconv)
-            # identity shortcut: conv a's dgrad epilogue adds G_S * mask (reads G_S and S)
-            a_bwd = net.fused_conv_bwd(a, dgrad_extra_read=0 if proj else 2 * s_b)
-            net.add(f"{pre}.a", group, net_a + a_bwd)
-            net.add(f"{pre}.b", group, net_b + b_bwd)
-            if b.se_width:
-                net.add(f"{pre}.se", group, [
-                    Kernel("se_pool", read=big_b, write=4 * vec),
-                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
-                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e, backward=True),
-                ])
-            net.add(f"{pre}.c", group, net_c + c_bwd)
-            if proj:
-                # proj's BN reduction shares the tail-gradient epilogue (reads P); its dgrad adds conv
-                # a's input gradient in the epilogue (reads it, writes the block input's gradient)
-                p_fwd = net.fused_conv_fwd(proj)
-                p_bwd = net.fused_conv_bwd(proj, mask_reads=mask, reduce_mask_reads=0, dgrad_extra_read=x_b)
-                net.add(f"{pre}.proj", group, p_fwd + p_bwd)
-            net.add(f"{pre}.add", group, [tail])
-
-        else:  # block_fused inference
-            w_all = sum(s.weight_elems for s in (a, bconv, c) + ((proj,) if proj else ())) * e
-            bnv = BN_CHANNEL_BYTES * sum(s.c_out for s in (a, bconv, c) + ((proj,) if proj else ()))
-            flops = 2 * sum(s.macs for s in (a, bconv, c) + ((proj,) if proj else ()))
-            if not b.se_width:
-                net.add(pre, group, [Kernel("block", read=x_b, write=s_b, weight=w_all + bnv, flops=flops)])
-            else:
-                w1 = (a.weight_elems + bconv.weight_elems) * e + BN_CHANNEL_BYTES * (a.c_out + bconv.c_out)
-                f1 = 2 * (a.macs + bconv.macs)
-                net.add(pre, group, [
-                    Kernel("block_pass1", read=x_b, write=big_b + 4 * vec, weight=w1, flops=f1),
-                    _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
-                    Kernel("block_pass2", read=big_b + 4 * vec + x_b, write=s_b, weight=w_all + bnv - w1,
-                           flops=flops - f1),
-                ])
+        block_model = _block_eager if eff_regime == "eager" else _block_whole_infer \
+            if eff_regime == "block_fused" else _block_fused_train if net.train else _block_fused_infer
+        block_model(net, _BlockShapes(b, n, ho, a, bconv, c, proj))
         h = ho
 
     c_last = params.blocks()[-1].width_out
@@ -404,6 +322,121 @@ def model_traffic(
     if net.train:
         net.add("optimizer", "optimizer", [_sgd_kernel(n_params)])
     return Traffic(name, regime, mode, batch, resolution, dtype, net.layers, n_params, note)
+
+
+class _BlockShapes(NamedTuple):
+    """One bottleneck's convs (``proj`` None without a projection) and sizes, as the block models take them."""
+
+    b: object  # models.BlockSpec
+    n: int
+    ho: int
+    a: ConvShape
+    bconv: ConvShape
+    c: ConvShape
+    proj: Optional[ConvShape]
+
+
+def _sizes(net: _Net, s: _BlockShapes) -> tuple:
+    """``(group, layer prefix, element bytes, block input bytes, block output bytes, conv b output bytes,
+    pooled / gate elements)`` of one bottleneck."""
+    e = net.e
+    return (f"stage{s.b.stage}", s.b.name, e, s.a.in_elems * e, s.c.out_elems * e, s.bconv.out_elems * e,
+            s.n * s.b.bottleneck_width)
+
+
+def _block_eager(net: _Net, s: _BlockShapes) -> None:
+    """Eager: conv, BN, ReLU as separate kernels per piece, SE, then add + ReLU (and their backward)."""
+    b, n, ho, a, bconv, c, proj = s
+    group, pre, e, x_b, s_b, big_b, vec = _sizes(net, s)
+    net.add(f"{pre}.a", group, net.eager_cba(a))
+    net.add(f"{pre}.b", group, net.eager_cba(bconv))
+    if b.se_width:
+        net.add(f"{pre}.se", group, net.eager_se(n, b.bottleneck_width, ho * ho, b.se_width))
+    net.add(f"{pre}.c", group, net.eager_cba(c))
+    if proj:
+        net.add(f"{pre}.proj", group, net.eager_cba(proj))
+    ks = net.eager_pointwise("add", c.out_elems, n_in=2) + net.eager_pointwise("relu", c.out_elems)
+    if net.train:
+        ks += [Kernel("relu_bwd", read=2 * s_b, write=s_b, phase="bwd"),
+               Kernel("grad_accumulate", read=2 * x_b, write=x_b, phase="bwd")]  # shortcut + f
+    net.add(f"{pre}.add", group, ks)
+
+
+def _block_fused_infer(net: _Net, s: _BlockShapes) -> None:
+    """Fused inference: BN + act in each conv's epilogue, SE pool in conv b's, gate + shortcut in conv c's."""
+    b, n, ho, a, bconv, c, proj = s
+    group, pre, e, x_b, s_b, big_b, vec = _sizes(net, s)
+    net.add(f"{pre}.a", group, net.fused_conv_fwd(a))
+    # SE pool partial sums (fp32) ride in conv b's epilogue
+    net.add(f"{pre}.b", group, net.fused_conv_fwd(bconv) if not b.se_width else
+            [Kernel("conv", read=a.out_elems * e, write=big_b + 4 * vec, weight=bconv.weight_elems * e
+                    + BN_CHANNEL_BYTES * bconv.c_out, flops=2 * bconv.macs)])
+    if b.se_width:
+        net.add(f"{pre}.se", group, [_se_fc_kernel(n, b.bottleneck_width, b.se_width, e)])
+    if proj:
+        net.add(f"{pre}.proj", group, net.fused_conv_fwd(proj))
+    # conv c: gate applied on load, BN + shortcut + ReLU in the epilogue (reads the shortcut)
+    gate = 4 * vec if b.se_width else 0
+    net.add(f"{pre}.c", group, net.fused_conv_fwd(c, extra_read=(s_b if proj else x_b) + gate))
+
+
+def _block_fused_train(net: _Net, s: _BlockShapes) -> None:
+    """Fused training: pre-BN outputs normalised on load, BN reductions in epilogues, the residual tail pass."""
+    b, n, ho, a, bconv, c, proj = s
+    group, pre, e, x_b, s_b, big_b, vec = _sizes(net, s)
+    # forward: each conv writes its pre-BN output; consumers normalise on load
+    net_a = net.fused_conv_fwd(a)
+    net_b = net.fused_conv_fwd(bconv)
+    net_c = net.fused_conv_fwd(c, extra_read=4 * vec if b.se_width else 0)
+    # tail pass relu(BN(c) + shortcut): c's statistics are needed first
+    tail = Kernel("tail", read=s_b + (s_b if proj else x_b), write=s_b)
+    # backward: incoming gradient G_S; the tail ReLU mask needs the block output S
+    mask = s_b
+    c_bwd = net.fused_conv_bwd(c, mask_reads=mask, dgrad_extra_read=big_b if b.se_width else 0)
+    # conv c's dgrad writes the gradient w.r.t. the gated b output; its epilogue reduces
+    # the SE gate's gradient (reading b's output, above) and, without SE, b's BN reduction
+    if b.se_width:
+        b_bwd = net.fused_conv_bwd(bconv, reduce_in_epilogue=False)
+    else:
+        b_bwd = net.fused_conv_bwd(bconv)
+    # identity shortcut: conv a's dgrad epilogue adds G_S * mask (reads G_S and S)
+    a_bwd = net.fused_conv_bwd(a, dgrad_extra_read=0 if proj else 2 * s_b)
+    net.add(f"{pre}.a", group, net_a + a_bwd)
+    net.add(f"{pre}.b", group, net_b + b_bwd)
+    if b.se_width:
+        net.add(f"{pre}.se", group, [
+            Kernel("se_pool", read=big_b, write=4 * vec),
+            _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
+            _se_fc_kernel(n, b.bottleneck_width, b.se_width, e, backward=True),
+        ])
+    net.add(f"{pre}.c", group, net_c + c_bwd)
+    if proj:
+        # proj's BN reduction shares the tail-gradient epilogue (reads P); its dgrad adds conv
+        # a's input gradient in the epilogue (reads it, writes the block input's gradient)
+        p_fwd = net.fused_conv_fwd(proj)
+        p_bwd = net.fused_conv_bwd(proj, mask_reads=mask, reduce_mask_reads=0, dgrad_extra_read=x_b)
+        net.add(f"{pre}.proj", group, p_fwd + p_bwd)
+    net.add(f"{pre}.add", group, [tail])
+
+
+def _block_whole_infer(net: _Net, s: _BlockShapes) -> None:
+    """Whole-block inference: one pass per bottleneck (two around the SE gate)."""
+    b, n, ho, a, bconv, c, proj = s
+    group, pre, e, x_b, s_b, big_b, vec = _sizes(net, s)
+    w_all = sum(s.weight_elems for s in (a, bconv, c) + ((proj,) if proj else ())) * e
+    bnv = BN_CHANNEL_BYTES * sum(s.c_out for s in (a, bconv, c) + ((proj,) if proj else ()))
+    flops = 2 * sum(s.macs for s in (a, bconv, c) + ((proj,) if proj else ()))
+    if not b.se_width:
+        net.add(pre, group, [Kernel("block", read=x_b, write=s_b, weight=w_all + bnv, flops=flops)])
+    else:
+        w1 = (a.weight_elems + bconv.weight_elems) * e + BN_CHANNEL_BYTES * (a.c_out + bconv.c_out)
+        f1 = 2 * (a.macs + bconv.macs)
+        net.add(pre, group, [
+            Kernel("block_pass1", read=x_b, write=big_b + 4 * vec, weight=w1, flops=f1),
+            _se_fc_kernel(n, b.bottleneck_width, b.se_width, e),
+            Kernel("block_pass2", read=big_b + 4 * vec + x_b, write=s_b, weight=w_all + bnv - w1,
+                   flops=flops - f1),
+        ])
 
 
 def _se_fc_kernel(n: int, c: int, s: int, e: int, backward: bool = False) -> Kernel:
