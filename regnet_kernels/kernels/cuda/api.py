@@ -19,7 +19,7 @@ import torch
 from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.api import Kernels, eval_affine, f32
 from regnet_kernels.kernels.cuda import ext as _ext
-from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of
+from regnet_kernels.kernels.geometry import conv_out_size, memory_format_of, num_sms
 
 #: Tests set this to force a number of split-K slices in the weight gradient (None: the heuristic).
 WGRAD_SPLITS: Optional[int] = None
@@ -65,7 +65,7 @@ def _wgrad_splits(geo, cfg: dict, device: torch.device) -> tuple:
         split = max(1, min(int(WGRAD_SPLITS), _ext.cdiv(M, bk)))
     else:
         base = _ext.cdiv(C_out, cfg["GEMM_BM"]) * _ext.wgrad_channel_chunks(C_in, C_out, groups, cfg) * KH * KW
-        split = max(1, min(_ext.cdiv(M, bk * 4), _ext.cdiv(4 * _ext.num_sms(device), base)))
+        split = max(1, min(_ext.cdiv(M, bk * 4), _ext.cdiv(4 * num_sms(device), base)))
     split = min(split, max(1, 65535 // (KH * KW)))
     per = _ext.cdiv(_ext.cdiv(M, split), bk) * bk
     return _ext.cdiv(M, per), per

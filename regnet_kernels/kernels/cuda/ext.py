@@ -41,7 +41,6 @@ __all__ = [
     "dense",
     "layout_of",
     "pixel_layout",
-    "num_sms",
     "cdiv",
 ]
 
@@ -266,16 +265,6 @@ def pixel_layout(fmt: torch.memory_format, C: int, HW: int) -> tuple:
     return (1, C) if fmt == torch.channels_last else (HW, 1)
 
 
-_sm_cache: dict = {}
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8  # CPU emulation: a few CTAs
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _sm_cache:
-        _sm_cache[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _sm_cache[idx]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from regnet_kernels.kernels.geometry import num_sms
+
 try:  # triton >= 3.4
     from triton import knobs as _knobs
 
@@ -20,7 +22,7 @@ except Exception:  # pragma: no cover - older triton
 
 from regnet_kernels.kernels.triton.config import Target, next_pow2
 
-__all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "num_sms", "launch_device", "launch",
+__all__ = ["INTERPRET", "LAUNCHES", "next_pow2", "dot_in_fp32", "ieee_dot", "launch_device", "launch",
            "target", "recording"]
 
 #: Number of launches per Triton kernel name since import. Tests use it to prove that the Triton
@@ -47,16 +49,6 @@ def ieee_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
-_sm_cache: dict = {}
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # interpreter: few programs, the interpreter is slow per program
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _sm_cache:
-        _sm_cache[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _sm_cache[idx]
 
 
 class launch_device:
