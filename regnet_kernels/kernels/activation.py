@@ -23,7 +23,3 @@ class Act(enum.IntEnum):
     NONE = 0
     RELU = 1
 
-    @classmethod
-    def from_relu(cls, relu: bool) -> "Act":
-        """``RELU`` for a true ``relu`` flag, else ``NONE`` (the ops' ``relu: bool`` arguments)."""
-        return cls.RELU if relu else cls.NONE
