@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from regnet_kernels.kernels.activation import Act
+
 __all__ = ["export", "onnx_export", "onnx_translation_table", "aoti_package", "fused_ops_in", "ONNX_OPSET"]
 
 #: the ONNX opset the translations are written against (torch's own ONNX library targets it too)
@@ -143,7 +145,7 @@ def _translations() -> Dict[Callable, Callable]:
     def filled(like, value: float, dtype):
         return op.Expand(op.Cast(op.Constant(value_floats=[value]), to=dtype), op.Shape(like))
 
-    def cba(x, dt, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu):
+    def cba(x, dt, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, act):
         # x holds activations of dtype dt; so does the result
         y = op.Conv(x, weight, strides=[stride, stride], pads=[padding] * 4, group=groups)
         acc = acc_dtype(dt)
@@ -151,8 +153,10 @@ def _translations() -> Dict[Callable, Callable]:
         bias = cast(beta, acc) if beta is not None else filled(running_mean, 0.0, acc)
         z = op.BatchNormalization(cast(y, acc, dt), scale, bias, cast(running_mean, acc), cast(running_var, acc),
                                   epsilon=eps)
-        if relu:
+        if act == Act.RELU:
             z = op.Relu(z)
+        elif act != Act.NONE:
+            raise NotImplementedError(f"regnet_kernels.export: no ONNX translation for activation code {act!r}")
         return cast(z, dt, acc)
 
     def fc_weight(w, acc):
@@ -168,9 +172,9 @@ def _translations() -> Dict[Callable, Callable]:
         return cast(op.Mul(xf, gate), dt, acc), pooled, gate
 
     def conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride: int, padding: int,
-                         groups: int, eps: float, relu: bool, backend: str = "auto"):
+                         groups: int, eps: float, act: int, backend: str = "auto"):
         """``act(BatchNormalization(Conv(x)))``; BatchNorm in fp32 for half inputs (Casts around it)."""
-        return cba(x, x.dtype, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu)
+        return cba(x, x.dtype, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, act)
 
     def squeeze_excite(x, w1, b1, w2, b2, backend: str = "auto"):
         """``x * Sigmoid(Conv(Relu(Conv(GlobalAveragePool(x)))))``; returns ``(out, pooled, gate)``."""
@@ -182,12 +186,12 @@ def _translations() -> Dict[Callable, Callable]:
                         backend: str = "auto"):
         """``Relu(c(se(b(a(x)))) + shortcut(x))`` from the two translations above."""
         dt = x.dtype
-        h = cba(x, dt, wa, ga, ba, rma, rva, 1, 0, 1, eps[0], True)
-        h = cba(h, dt, wb, gb, bb, rmb, rvb, stride, wb.shape[-1] // 2, groups, eps[1], True)
+        h = cba(x, dt, wa, ga, ba, rma, rva, 1, 0, 1, eps[0], Act.RELU)
+        h = cba(h, dt, wb, gb, bb, rmb, rvb, stride, wb.shape[-1] // 2, groups, eps[1], Act.RELU)
         if w1 is not None:
             h = se(h, dt, w1, b1, w2, b2)[0]
-        c = cba(h, dt, wc, gc, bc, rmc, rvc, 1, 0, 1, eps[2], False)
-        short = x if wp is None else cba(x, dt, wp, gp, bp, rmp, rvp, stride, 0, 1, eps[3], False)
+        c = cba(h, dt, wc, gc, bc, rmc, rvc, 1, 0, 1, eps[2], Act.NONE)
+        short = x if wp is None else cba(x, dt, wp, gp, bp, rmp, rvp, stride, 0, 1, eps[3], Act.NONE)
         return op.Relu(op.Add(c, short))
 
     ops = torch.ops.regnet_kernels

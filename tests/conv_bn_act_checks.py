@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import DEVICE, kernel_ready
 from helpers import opcheck_module
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.nn import FusedConvBNAct2d
 from regnet_kernels.testing import check, rel_err
 
@@ -222,13 +223,13 @@ def check_opcheck(backend):
     g = (torch.rand(16, device=dev) + 0.5).requires_grad_()
     b = torch.randn(16, device=dev).requires_grad_()
     rm, rv = torch.randn(16, device=dev), torch.rand(16, device=dev) + 0.5
-    torch.library.opcheck(mod._train_op, (x, w, g, b, 1, 1, 2, 1e-5, True, -1, backend))
-    torch.library.opcheck(mod._train_op, (x, w, None, None, 2, 1, 2, 1e-5, False, -1, backend))
-    torch.library.opcheck(mod._eval_op, (x, w, g, b, rm, rv, 1, 1, 2, 1e-5, True, backend))
-    out, y, mean, invstd, _ = mod._train_op(x, w, g, b, 1, 1, 2, 1e-5, True, -1, backend)
+    torch.library.opcheck(mod._train_op, (x, w, g, b, 1, 1, 2, 1e-5, Act.RELU, -1, backend))
+    torch.library.opcheck(mod._train_op, (x, w, None, None, 2, 1, 2, 1e-5, Act.NONE, -1, backend))
+    torch.library.opcheck(mod._eval_op, (x, w, g, b, rm, rv, 1, 1, 2, 1e-5, Act.RELU, backend))
+    out, y, mean, invstd, _ = mod._train_op(x, w, g, b, 1, 1, 2, 1e-5, Act.RELU, -1, backend)
     go = torch.randn_like(out)
     torch.library.opcheck(mod._train_bwd_op, (go, x.detach(), w.detach(), y, mean, invstd, g.detach(), b.detach(),
-                                              1, 1, 2, True, [True, True, True, True], -1, backend))
+                                              1, 1, 2, Act.RELU, [True, True, True, True], -1, backend))
     zeros, ones = torch.zeros(16, device=dev), torch.ones(16, device=dev)
     torch.library.opcheck(mod.update_running_stats_op, (zeros, ones, None, mean.detach(), invstd.detach(), 0.1, False, backend))
     torch.library.opcheck(mod.update_running_stats_op, (zeros.clone(), ones.clone(), torch.tensor(3, device=dev), mean.detach(),

@@ -41,6 +41,7 @@ def extension():
 def check_fully_written_and_deterministic(device: str) -> None:
     """torch.empty filled with NaN (deterministic mode): any output or workspace element a kernel fails to
     write shows up as NaN; two runs agree bitwise (no atomics, fixed reduction orders)."""
+    from regnet_kernels.kernels.activation import Act
     from regnet_kernels.ops.dispatch import bind
     cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
     se = bind("regnet_kernels.ops.squeeze_excite", "cuda")
@@ -63,11 +64,12 @@ def check_fully_written_and_deterministic(device: str) -> None:
         go = rnd(3, 72, 7, 6).half()
         runs = []
         for _ in range(2):
-            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 3, 1e-5, True)
+            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 3, 1e-5, Act.RELU)
             res = [out, y, mean, invstd, var]
-            res += cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, g, b, 2, 1, 3, True, [True] * 4)
-            e = cu.conv_bn_act_eval(x, w, g, b, rm, rv, 2, 1, 3, 1e-5, True)
-            res += [e] + list(cu.conv_bn_act_eval_backward(go, x, w, e, g, b, rm, rv, 2, 1, 3, 1e-5, True, [True] * 4))
+            res += cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, g, b, 2, 1, 3, Act.RELU, [True] * 4)
+            e = cu.conv_bn_act_eval(x, w, g, b, rm, rv, 2, 1, 3, 1e-5, Act.RELU)
+            res += [e] + list(cu.conv_bn_act_eval_backward(go, x, w, e, g, b, rm, rv, 2, 1, 3, 1e-5, Act.RELU,
+                                                           [True] * 4))
             so, pooled, gate = se.squeeze_excite(x, *p)
             res += [so, pooled, gate] + list(se.squeeze_excite_backward(x, x, *p, pooled, gate, [True] * 5))
             runs.append(res)

@@ -44,7 +44,6 @@ def test_matcher_table_covers_every_kernel_code():
     for act, code in KERNEL_ACT.items():
         assert act.name == code.name and act.kernel_act is code
     assert Activation.SIGMOID.kernel_act is None
-    assert Act.from_relu(True) is Act.RELU and Act.from_relu(False) is Act.NONE
 
 
 def test_triton_apply_act_is_torch_relu_bit_for_bit():

@@ -146,6 +146,9 @@ def test_errors_name_the_problem():
         conv_bn_act(x, w.to("meta"), g, b, groups=2)
     with pytest.raises(ValueError, match="activation"):
         conv_bn_act(x, w, g, b, groups=2, activation="gelu")
+    # a matched activation the kernels have no code for (the SE gate's) is refused the same way
+    with pytest.raises(ValueError, match=r"activation must be 'relu' or None, got 'sigmoid'"):
+        conv_bn_act(x, w, g, b, groups=2, activation="sigmoid")
     with pytest.raises(ValueError, match="eval mode"):
         conv_bn_act(x, w, g, b, groups=2, training=False)
     with pytest.raises(ValueError, match="unknown backend"):
@@ -219,3 +222,23 @@ def test_reference_count_identity():
     expect = torch.tensor([[4.0, 6, 4], [6, 9, 6], [4, 6, 4]])
     assert torch.allclose(out[0, 0], expect, atol=1e-4) and torch.allclose(out[0, 1], expect, atol=1e-4)
     assert math.isclose(out.sum().item(), 2 * 49.0, rel_tol=1e-5)
+
+
+def test_ops_take_an_activation_code():
+    """The ops carry ``int act`` (an ``Act`` code), mapped from ``activation`` through matching.KERNEL_ACT; the
+    reference applies each code's eager form and refuses codes it does not know."""
+    from regnet_kernels.kernels.activation import Act
+    from regnet_kernels.ops.conv_bn_act import _activation
+    from regnet_kernels.ops.conv_bn_act import reference as ref
+
+    for op in ("conv_bn_act_train", "conv_bn_act_train_backward", "conv_bn_act_eval", "conv_bn_act_eval_backward"):
+        args = {a.name: str(a.type) for a in getattr(torch.ops.regnet_kernels, op).default._schema.arguments}
+        assert "relu" not in args and args["act"] in ("int", "SymInt"), (op, args)
+    assert _activation("relu") == Act.RELU and _activation(None) == _activation("identity") == Act.NONE
+    z = torch.tensor([-1.0, 0.0, 2.0, float("nan")])
+    torch.testing.assert_close(ref.apply_act(z, Act.RELU), torch.relu(z), equal_nan=True)
+    torch.testing.assert_close(ref.apply_act(z, Act.NONE), z, equal_nan=True)
+    with pytest.raises(ValueError, match="unknown activation code 7"):
+        ref.apply_act(z, 7)
+    with pytest.raises(ValueError, match="unknown activation code 7"):
+        ref.act_grad_from_output(z, z, 7)

@@ -40,6 +40,7 @@ import squeeze_excite_checks as se_checks
 from conftest import HAS_CUDA
 from cuda_helpers import CSRC, ROOT, SETUP, check_fully_written_and_deterministic, extension
 from regnet_kernels import backends
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.cuda import ext as _cuda_ext
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
 from regnet_kernels.testing import rel_err
@@ -132,7 +133,7 @@ def test_explicit_cuda_backend_on_cpu_raises():
     cu = bind("regnet_kernels.ops.conv_bn_act", "cuda")
 
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        cu.conv_bn_act_eval(x, w, g, b, torch.zeros(8), torch.ones(8), 1, 1, 2, 1e-5, True)
+        cu.conv_bn_act_eval(x, w, g, b, torch.zeros(8), torch.ones(8), 1, 1, 2, 1e-5, Act.RELU)
 
 
 def test_info_mentionsextension():
@@ -512,9 +513,9 @@ def test_emulated_conv_bn_act_is_deterministic(emulated_cuda):
     g, b = torch.rand(32) + 0.5, torch.randn(32)
     runs = []
     for _ in range(2):
-        out, y, mean, invstd, _ = cu.conv_bn_act_train(x, w, g, b, 2, 1, 4, 1e-5, True)
+        out, y, mean, invstd, _ = cu.conv_bn_act_train(x, w, g, b, 2, 1, 4, 1e-5, Act.RELU)
         go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half()
-        runs.append((out, mean) + cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, g, b, 2, 1, 4, True,
+        runs.append((out, mean) + cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, g, b, 2, 1, 4, Act.RELU,
                                                                 [True] * 4))
     for a, b_ in zip(*runs):
         assert torch.equal(a, b_)
@@ -538,14 +539,14 @@ def test_emulated_sync_batchnorm_plumbing(emulated_cuda, tmp_path):
         x = torch.randn(2, 32, 9, 9)
         w = torch.randn(32, 8, 3, 3) * 0.2
         g, b = torch.rand(32) + 0.5, torch.randn(32)
-        args = (2, 1, 4, 1e-5, True)
+        args = (2, 1, 4, 1e-5, Act.RELU)
         synced = cu.conv_bn_act_train(x, w, g, b, *args, group=group)
         plain = cu.conv_bn_act_train(x, w, g, b, *args)
         oracle = ref.conv_bn_act_train(x, w, g, b, *args, group=group)
         for a, p_, o in zip(synced, plain, oracle):
             assert rel_err(a, p_) < 1e-6 and rel_err(a, o) < 1e-5
         go = torch.randn_like(synced[0])
-        bargs = (2, 1, 4, True, [True] * 4)
+        bargs = (2, 1, 4, Act.RELU, [True] * 4)
         gs = cu.conv_bn_act_train_backward(go, x, w, synced[1], synced[2], synced[3], g, b, *bargs, group=group)
         gp = cu.conv_bn_act_train_backward(go, x, w, plain[1], plain[2], plain[3], g, b, *bargs)
         go_ = ref.conv_bn_act_train_backward(go, x, w, oracle[1], oracle[2], oracle[3], g, b, *bargs, group=group)
@@ -617,7 +618,7 @@ def test_emulated_grouped_conv_nonfinite_stays_in_group(emulated_cuda, geo, dtyp
     g, b = torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out, generator=gen)
     rm, rv = torch.randn(c_out, generator=gen) * 0.1, torch.rand(c_out, generator=gen) + 0.5
     x, w = x.to(dtype), w.to(dtype)
-    args = (stride, 1, groups, 1e-5, False)
+    args = (stride, 1, groups, 1e-5, Act.NONE)
     out = cu.conv_bn_act_eval(x, w, g, b, rm, rv, *args)
     f64 = [t.double() for t in (x, w, g, b, rm, rv)]
     want = ref.conv_bn_act_eval(*f64, *args)

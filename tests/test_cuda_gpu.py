@@ -20,6 +20,7 @@ from torch import nn
 
 from cuda_helpers import ROOT, SETUP, check_fully_written_and_deterministic, extension
 from regnet_kernels import backends
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.kernels.cuda import ext as _cuda_ext
 from regnet_kernels.ops import conv_bn_act, squeeze_excite
 from regnet_kernels.testing import check, rel_err
@@ -90,25 +91,27 @@ def test_gpu_cuda_matches_triton_on_regnet_stages():
         x, w, g, b, rm, rv = _conv_case(c_in, c_out, h, k, s, groups, dtype, batch)
         x64, w64 = x.double(), w.double()
         args = (s, k // 2, groups)
-        outs = {m: mod.conv_bn_act_train(x, w, g, b, *args, 1e-5, True) for m, mod in (("cuda", cu), ("triton", tri))}
-        r64 = ref.conv_bn_act_train(x64, w64, g.double(), b.double(), *args, 1e-5, True)
+        outs = {m: mod.conv_bn_act_train(x, w, g, b, *args, 1e-5, Act.RELU)
+                for m, mod in (("cuda", cu), ("triton", tri))}
+        r64 = ref.conv_bn_act_train(x64, w64, g.double(), b.double(), *args, 1e-5, Act.RELU)
         for i, key in enumerate(("out", "y", "mean", "invstd", "var_unb")):
             check(f"{label} train {key}", outs["cuda"][i], outs["triton"][i], r64[i], dtype)
         go = torch.randn_like(outs["cuda"][0])
-        gr = {m: mod.conv_bn_act_train_backward(go, x, w, outs[m][1], outs[m][2], outs[m][3], g, b, *args, True, mask)
+        gr = {m: mod.conv_bn_act_train_backward(go, x, w, outs[m][1], outs[m][2], outs[m][3], g, b, *args, Act.RELU,
+                                                mask)
               for m, mod in (("cuda", cu), ("triton", tri))}
         g64 = ref.conv_bn_act_train_backward(go.double(), x64, w64, r64[1], r64[2], r64[3], g.double(), b.double(),
-                                             *args, True, mask)
+                                             *args, Act.RELU, mask)
         for i, key in enumerate(("dx", "dw", "dgamma", "dbeta")):
             check(f"{label} train {key}", gr["cuda"][i], gr["triton"][i], g64[i], dtype)
-        ev = {m: mod.conv_bn_act_eval(x, w, g, b, rm, rv, *args, 1e-5, True) for m, mod in (("cuda", cu),
+        ev = {m: mod.conv_bn_act_eval(x, w, g, b, rm, rv, *args, 1e-5, Act.RELU) for m, mod in (("cuda", cu),
                                                                                           ("triton", tri))}
-        e64 = ref.conv_bn_act_eval(x64, w64, g.double(), b.double(), rm.double(), rv.double(), *args, 1e-5, True)
+        e64 = ref.conv_bn_act_eval(x64, w64, g.double(), b.double(), rm.double(), rv.double(), *args, 1e-5, Act.RELU)
         check(f"{label} eval out", ev["cuda"], ev["triton"], e64, dtype)
-        eg = {m: mod.conv_bn_act_eval_backward(go, x, w, ev[m], g, b, rm, rv, *args, 1e-5, True, mask)
+        eg = {m: mod.conv_bn_act_eval_backward(go, x, w, ev[m], g, b, rm, rv, *args, 1e-5, Act.RELU, mask)
               for m, mod in (("cuda", cu), ("triton", tri))}
         eg64 = ref.conv_bn_act_eval_backward(go.double(), x64, w64, e64, g.double(), b.double(), rm.double(),
-                                             rv.double(), *args, 1e-5, True, mask)
+                                             rv.double(), *args, 1e-5, Act.RELU, mask)
         for i, key in enumerate(("dx", "dw", "dgamma", "dbeta")):
             check(f"{label} eval {key}", eg["cuda"][i], eg["triton"][i], eg64[i], dtype)
     for label, c, s, h in ses:
@@ -214,11 +217,11 @@ _SANITIZER_SCRIPT = textwrap.dedent("""
                 w = (torch.randn(co, ci // g, k, k, device="cuda") * 0.2).to(dtype)
                 gm, bt = torch.rand(co, device="cuda") + 0.5, torch.randn(co, device="cuda")
                 rm, rv = torch.randn(co, device="cuda"), torch.rand(co, device="cuda") + 0.5
-                out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, gm, bt, s, k // 2, g, 1e-5, True)
+                out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, gm, bt, s, k // 2, g, 1e-5, Act.RELU)
                 go = torch.randn_like(out)
-                cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, gm, bt, s, k // 2, g, True, [True] * 4)
-                e = cu.conv_bn_act_eval(x, w, gm, bt, rm, rv, s, k // 2, g, 1e-5, True)
-                cu.conv_bn_act_eval_backward(go, x, w, e, gm, bt, rm, rv, s, k // 2, g, 1e-5, True, [True] * 4)
+                cu.conv_bn_act_train_backward(go, x, w, y, mean, invstd, gm, bt, s, k // 2, g, Act.RELU, [True] * 4)
+                e = cu.conv_bn_act_eval(x, w, gm, bt, rm, rv, s, k // 2, g, 1e-5, Act.RELU)
+                cu.conv_bn_act_eval_backward(go, x, w, e, gm, bt, rm, rv, s, k // 2, g, 1e-5, Act.RELU, [True] * 4)
                 cu.update_running_stats(rm, rv, torch.tensor(3, device="cuda"), mean, var, 0.0, True)
         for n, c, sq, h in [(3, 48, 12, 9), (5, 40, 10, 6), (4, 24, 8, 1)]:
             x = torch.randn(n, c, h, h, device="cuda").to(dtype)
@@ -291,8 +294,8 @@ def test_gpu_cupy_fallback_matchesextension():
     results = []
     for provider in (ext, jit):
         with _cuda_ext.use_lib(provider):
-            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 4, 1e-5, True)
-            grads = cu.conv_bn_act_train_backward(torch.ones_like(out), x, w, y, mean, invstd, g, b, 2, 1, 4, True,
+            out, y, mean, invstd, var = cu.conv_bn_act_train(x, w, g, b, 2, 1, 4, 1e-5, Act.RELU)
+            grads = cu.conv_bn_act_train_backward(torch.ones_like(out), x, w, y, mean, invstd, g, b, 2, 1, 4, Act.RELU,
                                                   [True] * 4)
             so, pooled, gate = se.squeeze_excite(x.float(), *p)
             results.append([out, y, mean, invstd, *grads, so, pooled, gate])

@@ -7,8 +7,10 @@ enum of ``csrc/kernels/common.cuh``; the built extension reports its codes throu
 model's activation module is) maps to these codes through its one table, ``matching.KERNEL_ACT``.
 
 Adding an activation (SiLU, say): a code here and in ``config.cuh`` / ``common.cuh``, one branch in each
-apply helper (``apply_act`` and ``act_grad`` in ``kernels/triton/common.py`` and ``csrc/kernels/common.cuh``)
-and one matcher entry (the ``Activation`` member / ``activation_of`` / ``KERNEL_ACT`` in ``matching.py``).
+apply helper (``apply_act`` and ``act_grad`` in ``kernels/triton/common.py`` and ``csrc/kernels/common.cuh``),
+one matcher entry (the ``Activation`` member / ``activation_of`` / ``KERNEL_ACT`` in ``matching.py``) and the
+eager form the reference applies (``_EAGER_ACT`` in ``ops/conv_bn_act/reference.py``). The conv_bn_act ops
+carry the code as their ``int act`` argument.
 """
 from __future__ import annotations
 
@@ -23,7 +25,3 @@ class Act(enum.IntEnum):
     NONE = 0
     RELU = 1
 
-    @classmethod
-    def from_relu(cls, relu: bool) -> "Act":
-        """``RELU`` for a true ``relu`` flag, else ``NONE`` (the ops' ``relu: bool`` arguments)."""
-        return cls.RELU if relu else cls.NONE

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from regnet_kernels.kernels.activation import Act
 from regnet_kernels.ops.conv_bn_act import reference as cba
 from regnet_kernels.ops.squeeze_excite import reference as se
 
@@ -55,17 +56,17 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
                 stride: int, groups: int, eps):
     """Training forward; returns ``(out, ya, yb, yc, pooled, gate, stats)`` (absent pieces empty)."""
     pad_b = wb.shape[-1] // 2
-    act_a, ya, *st_a = cba.conv_bn_act_train(x, wa, ga, ba, 1, 0, 1, eps[0], True)
-    act_b, yb, *st_b = cba.conv_bn_act_train(act_a, wb, gb, bb, stride, pad_b, groups, eps[1], True)
+    act_a, ya, *st_a = cba.conv_bn_act_train(x, wa, ga, ba, 1, 0, 1, eps[0], Act.RELU)
+    act_b, yb, *st_b = cba.conv_bn_act_train(act_a, wb, gb, bb, stride, pad_b, groups, eps[1], Act.RELU)
     # distinct empties: op outputs may not alias each other
     pooled, gate = x.new_empty((0,), dtype=st_a[0].dtype), x.new_empty((0,), dtype=st_a[0].dtype)
     h = act_b
     if w1 is not None:
         h, pooled, gate = se.squeeze_excite(act_b, w1, b1, w2, b2)
-    out_c, yc, *st_c = cba.conv_bn_act_train(h, wc, gc, bc, 1, 0, 1, eps[2], False)
+    out_c, yc, *st_c = cba.conv_bn_act_train(h, wc, gc, bc, 1, 0, 1, eps[2], Act.NONE)
     triples, offsets = [st_a, st_b, st_c], [torch.zeros_like(st_a[0])]  # nothing shifted here
     if wp is not None:
-        short, _, *st_p = cba.conv_bn_act_train(x, wp, gp, bp, stride, 0, 1, eps[3], False)
+        short, _, *st_p = cba.conv_bn_act_train(x, wp, gp, bp, stride, 0, 1, eps[3], Act.NONE)
         triples.append(st_p)
         offsets.append(torch.zeros_like(st_p[0]))
     else:
@@ -74,11 +75,11 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
     return out, ya, yb, yc, pooled, gate, pack_stats(triples, offsets)
 
 
-def _act(y: torch.Tensor, stats, gamma, beta, relu: bool) -> torch.Tensor:
+def _act(y: torch.Tensor, stats, gamma, beta, act: int) -> torch.Tensor:
     """``act(BN(y))`` in ``y``'s dtype from saved batch statistics (as the forward produced it)."""
     mean, invstd, _ = stats
     z = cba._bn_apply(y.to(mean.dtype), mean, cba._scale(gamma, invstd), beta)
-    return (torch.relu(z) if relu else z).to(y.dtype)
+    return cba.apply_act(z, act).to(y.dtype)
 
 
 def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, output_mask):
@@ -92,18 +93,18 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, o
     st = unpack_stats(stats, wa.shape[0], wc.shape[0], has_proj)
     pad_b = wb.shape[-1] // 2
     all4 = [True] * 4
-    act_a = _act(ya, st["a"], ga, ba, True)
-    act_b = _act(yb, st["b"], gb, bb, True)
+    act_a = _act(ya, st["a"], ga, ba, Act.RELU)
+    act_b = _act(yb, st["b"], gb, bb, Act.RELU)
     h = se.squeeze_excite(act_b, w1, b1, w2, b2)[0] if has_se else act_b
-    out_c = _act(yc, st["c"], gc, bc, False)
-    short = _act(yp, st["p"], gp, bp, False) if has_proj else x
+    out_c = _act(yc, st["c"], gc, bc, Act.NONE)
+    short = _act(yp, st["p"], gp, bp, Act.NONE) if has_proj else x
     g = cba.relu_grad(grad_out, out_c + short)
 
     dh, dwc, dgc, dbc = cba.conv_bn_act_train_backward(g, h, wc, yc, st["c"][0], st["c"][1], gc, bc, 1, 0, 1,
-                                                       False, all4)
+                                                       Act.NONE, all4)
     if has_proj:
         d_short, dwp, dgp, dbp = cba.conv_bn_act_train_backward(g, x, wp, yp, st["p"][0], st["p"][1], gp, bp,
-                                                                stride, 0, 1, False, all4)
+                                                                stride, 0, 1, Act.NONE, all4)
     else:
         d_short, dwp, dgp, dbp = g, None, None, None
     dw1 = db1 = dw2 = db2 = None
@@ -112,9 +113,9 @@ def block_train_backward(grad_out, x, params, saved, stride: int, groups: int, o
         d_act_b, dw1, db1, dw2, db2 = se.squeeze_excite_backward(dh, act_b, w1, b1, w2, b2, pooled, gate,
                                                                  [True] * 5)
     d_act_a, dwb, dgb, dbb = cba.conv_bn_act_train_backward(d_act_b, act_a, wb, yb, st["b"][0], st["b"][1], gb,
-                                                            bb, stride, pad_b, groups, True, all4)
+                                                            bb, stride, pad_b, groups, Act.RELU, all4)
     dxa, dwa, dga, dba = cba.conv_bn_act_train_backward(d_act_a, x, wa, ya, st["a"][0], st["a"][1], ga, ba, 1, 0,
-                                                        1, True, all4)
+                                                        1, Act.RELU, all4)
     dx = (dxa.to(torch.promote_types(dxa.dtype, torch.float32)) + d_short).to(x.dtype)
     grads = [dx, dwa, dga, dba, dwb, dgb, dbb, dw1, db1, dw2, db2, dwc, dgc, dbc, dwp, dgp, dbp]
     return [gr if (want and gr is not None) else None for gr, want in zip(grads, output_mask)]
@@ -124,10 +125,10 @@ def block_eval(x, wa, ga, ba, rma, rva, wb, gb, bb, rmb, rvb, w1, b1, w2, b2, wc
                wp: Optional[torch.Tensor], gp, bp, rmp, rvp, stride: int, groups: int, eps):
     """Eval forward (running statistics)."""
     pad_b = wb.shape[-1] // 2
-    act_a = cba.conv_bn_act_eval(x, wa, ga, ba, rma, rva, 1, 0, 1, eps[0], True)
-    h = cba.conv_bn_act_eval(act_a, wb, gb, bb, rmb, rvb, stride, pad_b, groups, eps[1], True)
+    act_a = cba.conv_bn_act_eval(x, wa, ga, ba, rma, rva, 1, 0, 1, eps[0], Act.RELU)
+    h = cba.conv_bn_act_eval(act_a, wb, gb, bb, rmb, rvb, stride, pad_b, groups, eps[1], Act.RELU)
     if w1 is not None:
         h = se.squeeze_excite(h, w1, b1, w2, b2)[0]
-    out_c = cba.conv_bn_act_eval(h, wc, gc, bc, rmc, rvc, 1, 0, 1, eps[2], False)
-    short = x if wp is None else cba.conv_bn_act_eval(x, wp, gp, bp, rmp, rvp, stride, 0, 1, eps[3], False)
+    out_c = cba.conv_bn_act_eval(h, wc, gc, bc, rmc, rvc, 1, 0, 1, eps[2], Act.NONE)
+    short = x if wp is None else cba.conv_bn_act_eval(x, wp, gp, bp, rmp, rvp, stride, 0, 1, eps[3], Act.NONE)
     return torch.relu(out_c + short)

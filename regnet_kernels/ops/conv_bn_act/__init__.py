@@ -9,7 +9,8 @@ Ops (namespace ``regnet_kernels``):
 - ``bn_update_running_stats``: the in-place running-statistics update (a separate op because an op
   with an autograd formula must not mutate its inputs).
 
-Each op takes a ``backend`` string (``"eager"``, ``"triton"``, ``"cuda"`` or ``"auto"``); the public
+The activation is an ``int act`` argument, a :class:`regnet_kernels.kernels.activation.Act` code (``0`` none,
+``1`` ReLU). Each op takes a ``backend`` string (``"eager"``, ``"triton"``, ``"cuda"`` or ``"auto"``); the public
 functional resolves it once (see :mod:`regnet_kernels.backends`) so a compiled graph records the
 concrete choice.
 """
@@ -23,6 +24,7 @@ from regnet_kernels import backends as _backends
 from regnet_kernels.ops import dispatch as _dispatch
 from regnet_kernels import distributed as _dist
 from regnet_kernels.kernels.geometry import conv_out_size
+from regnet_kernels.matching import Activation
 from regnet_kernels.ops.conv_bn_act.reference import out_memory_format
 
 __all__ = ["conv_bn_act", "OP_NAME"]
@@ -124,15 +126,15 @@ def _sync(sync_group: int) -> dict:
 
 @torch.library.custom_op("regnet_kernels::conv_bn_act_train", mutates_args=())
 def _train_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
-              stride: int, padding: int, groups: int, eps: float, relu: bool, sync_group: int,
+              stride: int, padding: int, groups: int, eps: float, act: int, sync_group: int,
               backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     impl = _impl(backend, (x, weight, gamma, beta))
-    return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, relu, **_sync(sync_group))
+    return impl.conv_bn_act_train(x, weight, gamma, beta, stride, padding, groups, eps, act, **_sync(sync_group))
 
 
 @_train_op.register_fake
-def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, backend):
+def _(x, weight, gamma, beta, stride, padding, groups, eps, act, sync_group, backend):
     _check(x, weight, gamma, beta, stride, padding, groups, training=True)
     out = _empty_out(x, weight, stride, padding)
     C = weight.shape[0]
@@ -144,11 +146,11 @@ def _(x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, ba
 @torch.library.custom_op("regnet_kernels::conv_bn_act_train_backward", mutates_args=())
 def _train_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
                   invstd: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], stride: int,
-                  padding: int, groups: int, relu: bool, output_mask: List[bool], sync_group: int,
+                  padding: int, groups: int, act: int, output_mask: List[bool], sync_group: int,
                   backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = _impl(backend, (grad_out, x, weight, y, gamma, beta))
     grads = impl.conv_bn_act_train_backward(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding,
-                                            groups, relu, output_mask, **_sync(sync_group))
+                                            groups, act, output_mask, **_sync(sync_group))
     return _fill_grads(grads, x, weight, gamma, beta)
 
 
@@ -174,16 +176,16 @@ def _fake_grads(x, weight, gamma, beta, output_mask):
 
 
 @_train_bwd_op.register_fake
-def _(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, output_mask, sync_group,
+def _(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, act, output_mask, sync_group,
       backend):
     return _fake_grads(x, weight, gamma, beta, output_mask)
 
 
 def _train_setup_context(ctx, inputs, output):
-    x, weight, gamma, beta, stride, padding, groups, eps, relu, sync_group, backend = inputs
+    x, weight, gamma, beta, stride, padding, groups, eps, act, sync_group, backend = inputs
     out, y, mean, invstd, var_unb = output
     ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
-    ctx.conf = (stride, padding, groups, relu, sync_group, backend)
+    ctx.conf = (stride, padding, groups, act, sync_group, backend)
     ctx.mark_non_differentiable(y, mean, invstd, var_unb)
 
 
@@ -202,7 +204,7 @@ def _unfill(grads, mask, n_inputs: int) -> tuple:
 
 def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
     x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
-    stride, padding, groups, relu, sync_group, backend = ctx.conf
+    stride, padding, groups, act, sync_group, backend = ctx.conf
     mask = _grad_mask(ctx, gamma, beta)
     if grad_out is None or not any(mask):
         if sync_group >= 0:
@@ -210,7 +212,7 @@ def _train_backward(ctx, grad_out, _gy, _gm, _gi, _gv):
             mask = [True, False, False, False]
         else:
             return (None,) * 11
-    grads = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, relu, mask,
+    grads = _train_bwd_op(grad_out, x, weight, y, mean, invstd, gamma, beta, stride, padding, groups, act, mask,
                           sync_group, backend)
     return _unfill(grads, mask, 11)
 
@@ -224,16 +226,16 @@ _train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
 @torch.library.custom_op("regnet_kernels::conv_bn_act_eval", mutates_args=())
 def _eval_op(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
              running_mean: torch.Tensor, running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float,
-             relu: bool, backend: str) -> torch.Tensor:
+             act: int, backend: str) -> torch.Tensor:
     _check(x, weight, gamma, beta, stride, padding, groups, training=False, running_mean=running_mean,
            running_var=running_var)
     impl = _impl(backend, (x, weight, gamma, beta, running_mean, running_var))
     return impl.conv_bn_act_eval(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps,
-                                 relu)
+                                 act)
 
 
 @_eval_op.register_fake
-def _(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu, backend):
+def _(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups, eps, act, backend):
     _check(x, weight, gamma, beta, stride, padding, groups, training=False, running_mean=running_mean,
            running_var=running_var)
     return _empty_out(x, weight, stride, padding)
@@ -242,34 +244,34 @@ def _(x, weight, gamma, beta, running_mean, running_var, stride, padding, groups
 @torch.library.custom_op("regnet_kernels::conv_bn_act_eval_backward", mutates_args=())
 def _eval_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
                  gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], running_mean: torch.Tensor,
-                 running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float, relu: bool,
+                 running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float, act: int,
                  output_mask: List[bool],
                  backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     impl = _impl(backend, (grad_out, x, weight, out, gamma, beta))
     grads = impl.conv_bn_act_eval_backward(grad_out, x, weight, out, gamma, beta, running_mean, running_var,
-                                           stride, padding, groups, eps, relu, output_mask)
+                                           stride, padding, groups, eps, act, output_mask)
     return _fill_grads(grads, x, weight, gamma, beta)
 
 
 @_eval_bwd_op.register_fake
-def _(grad_out, x, weight, out, gamma, beta, running_mean, running_var, stride, padding, groups, eps, relu,
+def _(grad_out, x, weight, out, gamma, beta, running_mean, running_var, stride, padding, groups, eps, act,
       output_mask, backend):
     return _fake_grads(x, weight, gamma, beta, output_mask)
 
 
 def _eval_setup_context(ctx, inputs, output):
-    x, weight, gamma, beta, rm, rv, stride, padding, groups, eps, relu, backend = inputs
+    x, weight, gamma, beta, rm, rv, stride, padding, groups, eps, act, backend = inputs
     ctx.save_for_backward(x, weight, output, gamma, beta, rm, rv)
-    ctx.conf = (stride, padding, groups, eps, relu, backend)
+    ctx.conf = (stride, padding, groups, eps, act, backend)
 
 
 def _eval_backward(ctx, grad_out):
     x, weight, out, gamma, beta, rm, rv = ctx.saved_tensors
-    stride, padding, groups, eps, relu, backend = ctx.conf
+    stride, padding, groups, eps, act, backend = ctx.conf
     mask = _grad_mask(ctx, gamma, beta)
     if grad_out is None or not any(mask):
         return (None,) * 12
-    grads = _eval_bwd_op(grad_out, x, weight, out, gamma, beta, rm, rv, stride, padding, groups, eps, relu, mask,
+    grads = _eval_bwd_op(grad_out, x, weight, out, gamma, beta, rm, rv, stride, padding, groups, eps, act, mask,
                          backend)
     return _unfill(grads, mask, 12)
 
@@ -312,12 +314,16 @@ def _single(v: Union[int, Tuple[int, int], List[int]], name: str) -> int:
     return int(v)
 
 
-def _activation(activation: Optional[str]) -> bool:
-    if activation in (None, "none", "identity"):
-        return False
-    if activation == "relu":
-        return True
-    raise ValueError(f"conv_bn_act: activation must be 'relu' or None, got {activation!r}")
+def _activation(activation: Union[str, Activation, None]) -> int:
+    """The kernel activation code (:class:`~regnet_kernels.kernels.activation.Act`) of ``activation``, through
+    the one table :data:`regnet_kernels.matching.KERNEL_ACT`."""
+    try:
+        code = Activation.parse(activation).kernel_act
+    except (ValueError, TypeError):
+        code = None
+    if code is None:
+        raise ValueError(f"conv_bn_act: activation must be 'relu' or None, got {activation!r}")
+    return int(code)
 
 
 def conv_bn_act(
@@ -357,7 +363,9 @@ def conv_bn_act(
         stride, padding, groups: the conv's. ``padding`` defaults to ``kH // 2``. Dilation is 1.
         training: batch statistics (True) or running statistics folded into the conv (False).
         momentum, eps: BatchNorm's.
-        activation: ``"relu"`` or ``None``.
+        activation: ``"relu"`` or ``None`` (also ``"none"`` / ``"identity"`` or a
+            :class:`~regnet_kernels.matching.Activation` the kernels have a code for); the ops take its
+            ``act`` code (:class:`~regnet_kernels.kernels.activation.Act`) from ``matching.KERNEL_ACT``.
         backend: ``"auto"``, ``"eager"``, ``"triton"`` or ``"cuda"`` (see :mod:`regnet_kernels.backends`).
         sync_batch_stats: in training, compute batch statistics across the ranks of ``process_group``
             (default: WORLD) as ``nn.SyncBatchNorm`` does; any torch.distributed backend, CPU included.
@@ -379,7 +387,7 @@ def conv_bn_act(
     """
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("conv_bn_act: x and weight must be tensors")
-    relu = _activation(activation)
+    act = _activation(activation)
     stride_i = _single(stride, "stride")
     if padding is None:
         padding = weight.shape[-1] // 2 if weight.dim() == 4 else 0
@@ -407,10 +415,10 @@ def conv_bn_act(
 
     if not training:
         return _eval_op(x, weight, bn_weight, bn_bias, running_mean, running_var, stride_i, padding_i, groups,
-                        float(eps), relu, be)
+                        float(eps), act, be)
     sync = _dist.register_group(process_group) if sync_batch_stats else -1
     out, _y, mean, _invstd, var_unb = _train_op(x, weight, bn_weight, bn_bias, stride_i, padding_i, groups,
-                                                float(eps), relu, sync, be)
+                                                float(eps), act, sync, be)
     if running_mean is not None:
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)

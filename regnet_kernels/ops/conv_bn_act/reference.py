@@ -11,10 +11,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from regnet_kernels.kernels.geometry import memory_format_of
 import torch.nn.functional as F
 
 from regnet_kernels import distributed as _dist
+from regnet_kernels.kernels.activation import Act
+from regnet_kernels.kernels.geometry import memory_format_of
 
 
 #: the memory format outputs take (the input's): one definition, in :mod:`regnet_kernels.kernels.geometry`
@@ -42,12 +43,57 @@ def relu_grad(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.where(z <= 0, torch.zeros_like(g), g)
 
 
+#: Each kernel activation code's eager form: ``(forward, backward)``, the backward ``(g, z) -> dz`` taking the
+#: pre-activation ``z`` (``torch.autograd``'s result for ``forward``, NaN handling included). A new
+#: activation adds its entry here (besides its kernel branch and its matcher entry).
+_EAGER_ACT = {
+    Act.NONE: (lambda z: z, lambda g, z: g),
+    Act.RELU: (torch.relu, relu_grad),
+}
+
+
+def _eager_act(act: int):
+    try:
+        return _EAGER_ACT[Act(act)]
+    except (ValueError, KeyError):
+        raise ValueError(f"conv_bn_act: unknown activation code {act!r}; known: "
+                         + ", ".join(f"{a.name}={int(a)}" for a in _EAGER_ACT)) from None
+
+
+def apply_act(z: torch.Tensor, act: int) -> torch.Tensor:
+    """The activation of code ``act`` (:class:`~regnet_kernels.kernels.activation.Act`) applied to ``z``."""
+    return _eager_act(act)[0](z)
+
+
+def act_grad(g: torch.Tensor, z: torch.Tensor, act: int) -> torch.Tensor:
+    """The gradient through the activation of code ``act`` at the pre-activation ``z`` given the output's ``g``."""
+    return _eager_act(act)[1](g, z)
+
+
+def check_output_grad_act(act: int) -> None:
+    """Refuse (NotImplementedError) an activation whose gradient cannot be taken from its output alone, as the
+    eval backwards (this one and the fused one) take it: only NONE and RELU can (``relu(z) <= 0`` exactly
+    where ``z <= 0``, NaN kept); ValueError for an unknown code."""
+    _eager_act(act)
+    if act not in (Act.NONE, Act.RELU):
+        raise NotImplementedError(
+            f"conv_bn_act eval backward: activation {Act(act).name} (code {int(act)}) cannot be differentiated "
+            f"from its output alone; the eval backward handles NONE and RELU only")
+
+
+def act_grad_from_output(g: torch.Tensor, out: torch.Tensor, act: int) -> torch.Tensor:
+    """The gradient through the activation of code ``act`` from its *output* ``out`` (the eval backward keeps
+    no pre-activation): NONE and RELU only (:func:`check_output_grad_act`)."""
+    check_output_grad_act(act)
+    return relu_grad(g, out) if act == Act.RELU else g
+
+
 def _bcast(v: torch.Tensor) -> torch.Tensor:
     return v[None, :, None, None]
 
 
 def conv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor],
-                      beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, eps: float, relu: bool,
+                      beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, eps: float, act: int,
                       group=None):
     """Training-mode forward (batch statistics; across the ranks of ``group`` when given).
 
@@ -68,23 +114,21 @@ def conv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[tor
     else:
         var_unb = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("nan"))
     invstd = torch.rsqrt(var + eps)
-    z = _bn_apply(yf, mean, _scale(gamma, invstd), beta)
-    if relu:
-        z = torch.relu(z)
+    z = apply_act(_bn_apply(yf, mean, _scale(gamma, invstd), beta), act)
     out = z.to(x.dtype).contiguous(memory_format=fmt)
     return out, y, mean, invstd, var_unb
 
 
 def conv_bn_act_train_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
                                mean: torch.Tensor, invstd: torch.Tensor, gamma: Optional[torch.Tensor],
-                               beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, relu: bool,
+                               beta: Optional[torch.Tensor], stride: int, padding: int, groups: int, act: int,
                                output_mask: Sequence[bool], group=None):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
     yf = y.to(acc_dtype(y.dtype))
     g = grad_out.to(yf.dtype)
     scale = _scale(gamma, invstd)
-    if relu:
-        g = relu_grad(g, _bn_apply(yf, mean, scale, beta))
+    if act != Act.NONE:
+        g = act_grad(g, _bn_apply(yf, mean, scale, beta), act)
     xhat = (yf - _bcast(mean)) * _bcast(invstd)
     sum_dz = g.sum(dim=(0, 2, 3))
     sum_dzx = (g * xhat).sum(dim=(0, 2, 3))
@@ -112,32 +156,29 @@ def conv_bn_act_train_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: 
 
 def conv_bn_act_eval(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
                      running_mean: torch.Tensor, running_var: torch.Tensor, stride: int, padding: int, groups: int,
-                     eps: float, relu: bool) -> torch.Tensor:
+                     eps: float, act: int) -> torch.Tensor:
     """Eval-mode forward: ``act((conv(x) - running_mean) * gamma / sqrt(running_var + eps) + beta)``."""
     fmt = out_memory_format(x)
     y = F.conv2d(x, weight, None, stride, padding, 1, groups)
     acc = acc_dtype(x.dtype)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
-    z = _bn_apply(y.to(acc), running_mean.to(acc), _scale(gamma, invstd), beta)
-    if relu:
-        z = torch.relu(z)
+    z = apply_act(_bn_apply(y.to(acc), running_mean.to(acc), _scale(gamma, invstd), beta), act)
     return z.to(x.dtype).contiguous(memory_format=fmt)
 
 
 def conv_bn_act_eval_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
                               gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], running_mean: torch.Tensor,
                               running_var: torch.Tensor, stride: int, padding: int, groups: int, eps: float,
-                              relu: bool, output_mask: Sequence[bool]):
+                              act: int, output_mask: Sequence[bool]):
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the eval-mode op.
 
     With ``z = conv(x, W) * s + t``, ``s = gamma * invstd``, ``t = beta - mean * s``:
     ``dW = s * wgrad(x, dz)``, ``ds = sum(W * wgrad(x, dz)) - mean * sum(dz)`` (no need to keep the
-    conv output), ``dgamma = ds * invstd``, ``dbeta = sum(dz)``.
+    conv output), ``dgamma = ds * invstd``, ``dbeta = sum(dz)``. The activation's gradient is taken from
+    ``out`` (:func:`act_grad_from_output`): NONE and RELU only (NotImplementedError for other codes).
     """
     acc = acc_dtype(x.dtype)
-    g = grad_out.to(acc)
-    if relu:
-        g = relu_grad(g, out)
+    g = act_grad_from_output(grad_out.to(acc), out, act)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
     scale = _scale(gamma, invstd)
     sum_dz = g.sum(dim=(0, 2, 3))
