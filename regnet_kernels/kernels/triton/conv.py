@@ -214,6 +214,8 @@ def conv_fwd_kernel(
         tl.store(part_m2_ptr + pid_m * C_OUT + offs_n, t_m2, mask=n_ok)
 
 
+# Its parameter list has conv_fwd_kernel's shape (four tensors' strides, the group widths, the geometry
+# constexprs): other tensors, so the two signatures stay written out.
 @triton.jit
 def conv_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr, acc_ptr,
