@@ -26,22 +26,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise SystemExit(f"check: {reason} (`python -m regnet_kernels info` lists every backend and why)") from None
 
 
-def _use_interpreter_without_gpu() -> None:
-    """The command line, not the library, turns the Triton interpreter on for a CPU-only run: it must be
-    set before the first kernel module is imported (Triton reads it when a kernel is decorated)."""
+def _use_interpreter_without_gpu(argv: Optional[List[str]]) -> None:
+    """The command line, not the library, turns the Triton interpreter on for a CPU-only run.
+
+    Triton fixes the mode of every ``@triton.jit`` function when it is decorated, its own standard library
+    included, and importing this package already imports Triton (through ``torch._dynamo``). So when the
+    variable is unset on a machine without a GPU, a command-line run (``argv`` None) starts itself again
+    with ``TRITON_INTERPRET=1``; a call from Python only sets the variable, for kernels not yet decorated.
+    """
     import os
 
     import torch
 
-    if (not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ
-            and "regnet_kernels.kernels.triton.runtime" not in sys.modules):
-        os.environ["TRITON_INTERPRET"] = "1"
+    if torch.cuda.is_available() or "TRITON_INTERPRET" in os.environ:
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    if argv is None and "triton" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "regnet_kernels"] + sys.argv[1:])
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from regnet_kernels.benchmark.report import main as bench_main
 
-    _use_interpreter_without_gpu()
+    _use_interpreter_without_gpu(getattr(args, "argv", None))
 
     return bench_main(args)
 
@@ -121,6 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
+    args.argv = argv
     from regnet_kernels import backends
 
     try:  # a bad REGNET_KERNELS_BACKEND would otherwise surface as a traceback deep inside an op

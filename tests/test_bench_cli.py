@@ -251,3 +251,19 @@ def test_provider_parsing_and_merge(tmp_path):
     report.merge_write(path, {"schema": report.SCHEMA, "records": [{**rec, "ms_median": 2.0}]})
     recs = json.loads(path.read_text())["records"]
     assert sorted((r["provider"], r["ms_median"]) for r in recs) == [("a", 2.0), ("b", 1.0)]
+
+
+def test_cli_bench_without_interpreter_variable(tmp_path):
+    """`python -m regnet_kernels bench` on a machine without a GPU and without TRITON_INTERPRET: the command
+    line turns the interpreter on (restarting itself, since importing the package imports Triton), so the
+    Triton numerics run and pass instead of failing on kernels decorated for a GPU."""
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is only switched on without a GPU")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "regnet_kernels", "bench", "--no-timing", "--no-plots", "--out",
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("triton ") and "infer" in line]
+    assert rows and all(" PASS " in line for line in rows), proc.stdout[-3000:]
+    assert "FUSED PATH WRONG" not in proc.stdout
