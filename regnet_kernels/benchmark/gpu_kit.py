@@ -214,6 +214,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     kit = Kit(out, budget, a.dry_run, a.quick)
     import torch
 
+    from regnet_kernels.kernels.geometry import device_arch
+
     gpu = torch.cuda.is_available()
     kit.say(f"gpu_check: {'dry run' if a.dry_run else ('quick' if a.quick else 'full')}, budget {budget:.0f} s, "
             f"GPU {'yes: ' + torch.cuda.get_device_name() if gpu else 'no'}, torch {torch.__version__}")
@@ -227,10 +229,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if dry and _has_module("regnet_kernels._C"):
         kit.say("build: _C already built here (dry run does not rebuild)")
     else:
-        arch = "90"
-        if gpu:
-            major, minor = torch.cuda.get_device_capability()
-            arch = f"{major}{minor}"
+        arch = str(device_arch(torch.device("cuda"))) if gpu else "90"
         kit.run(Step("build", [kit.py, "setup.py", "build_ext", "--inplace"], 60 if dry else 200,
                      env={"REGNET_KERNELS_CUDA_ARCH_LIST": arch,
                           "REGNET_KERNELS_BUILD_JOBS": str(os.cpu_count() or 4)}))

@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from regnet_kernels.kernels.geometry import device_arch
 from regnet_kernels.kernels.activation import Act
 
 __all__ = ["ConvShape", "conv_shapes", "candidates", "tune_shape", "tune", "main"]
@@ -427,7 +428,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type != "cuda" and not (a.dry_run and _triton_utils.INTERPRET):
         print("tune: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)", file=sys.stderr)
         return 2
-    arch = _triton_utils.device_arch(device) if device.type == "cuda" else parse_arch(a.arch or 90)
+    arch = device_arch(device) if device.type == "cuda" else parse_arch(a.arch or 90)
     batches = {"infer": a.batch, "train": a.train_batch}
     modes = [(m, batches[m]) for m in a.modes.split(",") if m]
     top, limit, res, reps = a.top, a.max_candidates, a.resolution, 3

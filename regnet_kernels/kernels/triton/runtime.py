@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from regnet_kernels.kernels.geometry import num_sms
+from regnet_kernels.kernels.geometry import device_arch, num_sms
 
 try:  # triton >= 3.4
     from triton import knobs as _knobs
@@ -81,26 +81,11 @@ def set_recorder(recorder):
     return prev
 
 
-_arch_cache: dict = {}
-
-
-def _arch(device: torch.device) -> int:
-    """Compute capability as ``90`` (0 off CUDA): the tuned-config table is keyed by it."""
-    if device.type != "cuda":
-        return 0
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _arch_cache:
-        major, minor = torch.cuda.get_device_capability(idx)
-        _arch_cache[idx] = 10 * major + minor
-    return _arch_cache[idx]
-device_arch = _arch  # public name of the above (benchmark/tune.py)
-
-
 def target(device: torch.device) -> Target:
     """Where launches on ``device`` run: the planned GPU while recording, else this process's mode."""
     if _RECORDER is not None:
         return _RECORDER.target
-    return Target(INTERPRET, num_sms(device), 0 if INTERPRET else _arch(device))
+    return Target(INTERPRET, num_sms(device), 0 if INTERPRET else device_arch(device))
 
 
 def launch(kernel, grid, device: torch.device, label: str = ""):

@@ -78,7 +78,7 @@ def block_train(x, wa, ga, ba, wb, gb, bb, w1, b1, w2, b2, wc, gc, bc, wp, gp, b
 def _act(y: torch.Tensor, stats, gamma, beta, act: int) -> torch.Tensor:
     """``act(BN(y))`` in ``y``'s dtype from saved batch statistics (as the forward produced it)."""
     mean, invstd, _ = stats
-    z = cba._bn_apply(y.to(mean.dtype), mean, cba._scale(gamma, invstd), beta)
+    z = cba.bn_apply(y.to(mean.dtype), mean, cba.affine_scale(gamma, invstd), beta)
     return cba.apply_act(z, act).to(y.dtype)
 
 

@@ -27,11 +27,13 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _scale(gamma: Optional[torch.Tensor], invstd: torch.Tensor) -> torch.Tensor:
+def affine_scale(gamma: Optional[torch.Tensor], invstd: torch.Tensor) -> torch.Tensor:
+    """``gamma * invstd`` in ``invstd``'s dtype (float64 in the oracle), or ``invstd`` without an affine weight."""
     return invstd if gamma is None else gamma.to(invstd.dtype) * invstd
 
 
-def _bn_apply(yf, mean, scale, beta):
+def bn_apply(yf, mean, scale, beta):
+    """``(y - mean) * scale + beta`` per channel (``beta`` optional), in ``yf``'s dtype."""
     # (y - mean) * scale + beta, never y * scale + (beta - mean * scale): the folded form cancels
     # catastrophically when |mean| >> std
     z = (yf - _bcast(mean)) * _bcast(scale)
@@ -114,7 +116,7 @@ def conv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[tor
     else:
         var_unb = var * (count / (count - 1)) if count > 1 else torch.full_like(var, float("nan"))
     invstd = torch.rsqrt(var + eps)
-    z = apply_act(_bn_apply(yf, mean, _scale(gamma, invstd), beta), act)
+    z = apply_act(bn_apply(yf, mean, affine_scale(gamma, invstd), beta), act)
     out = z.to(x.dtype).contiguous(memory_format=fmt)
     return out, y, mean, invstd, var_unb
 
@@ -126,9 +128,9 @@ def conv_bn_act_train_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: 
     """Gradients ``(dx, dweight, dgamma, dbeta)`` of the training-mode op (None where not asked)."""
     yf = y.to(acc_dtype(y.dtype))
     g = grad_out.to(yf.dtype)
-    scale = _scale(gamma, invstd)
+    scale = affine_scale(gamma, invstd)
     if act != Act.NONE:
-        g = act_grad(g, _bn_apply(yf, mean, scale, beta), act)
+        g = act_grad(g, bn_apply(yf, mean, scale, beta), act)
     xhat = (yf - _bcast(mean)) * _bcast(invstd)
     sum_dz = g.sum(dim=(0, 2, 3))
     sum_dzx = (g * xhat).sum(dim=(0, 2, 3))
@@ -162,7 +164,7 @@ def conv_bn_act_eval(x: torch.Tensor, weight: torch.Tensor, gamma: Optional[torc
     y = F.conv2d(x, weight, None, stride, padding, 1, groups)
     acc = acc_dtype(x.dtype)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
-    z = apply_act(_bn_apply(y.to(acc), running_mean.to(acc), _scale(gamma, invstd), beta), act)
+    z = apply_act(bn_apply(y.to(acc), running_mean.to(acc), affine_scale(gamma, invstd), beta), act)
     return z.to(x.dtype).contiguous(memory_format=fmt)
 
 
@@ -180,7 +182,7 @@ def conv_bn_act_eval_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
     acc = acc_dtype(x.dtype)
     g = act_grad_from_output(grad_out.to(acc), out, act)
     invstd = torch.rsqrt(running_var.to(acc) + eps)
-    scale = _scale(gamma, invstd)
+    scale = affine_scale(gamma, invstd)
     sum_dz = g.sum(dim=(0, 2, 3))
     need_wf = output_mask[1] or (gamma is not None and output_mask[2])
     dx = dwf = None
